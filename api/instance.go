@@ -1,0 +1,88 @@
+// Package api holds the wire types of the tandem REST API, shared by the daemon, the Go client and the CLI.
+package api
+
+import "time"
+
+// Instance types.
+const (
+	TypeContainer = "container"
+	TypeVM        = "vm"
+)
+
+// Power states a user can ask for (desired state).
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+	PowerPaused  = "paused"
+)
+
+// Observed statuses, as reported by a driver.
+const (
+	StatusRunning = "Running"
+	StatusStopped = "Stopped"
+	StatusPaused  = "Paused"
+	StatusError   = "Error"
+	StatusUnknown = "Unknown"
+)
+
+// Devices maps a device name (eth0, root, data1) to its settings ("type": "nic"|"disk", ...).
+type Devices map[string]map[string]string
+
+// Instance is what GET /1.0/instances/NAME returns.
+type Instance struct {
+	Name    string            `json:"name" yaml:"name"`
+	Type    string            `json:"type" yaml:"type"`
+	Image   string            `json:"image" yaml:"image"`
+	Config  map[string]string `json:"config" yaml:"config"`
+	Devices Devices           `json:"devices" yaml:"devices"`
+	// DesiredPower is what the user last asked for; Status is what the driver reports.
+	DesiredPower string    `json:"desired_power" yaml:"desired_power"`
+	Status       string    `json:"status" yaml:"status"`
+	StatusError  string    `json:"status_error,omitempty" yaml:"status_error,omitempty"`
+	Driver       string    `json:"driver" yaml:"driver"`
+	CreatedAt    time.Time `json:"created_at" yaml:"created_at"`
+	// Operation is the id of the operation holding the instance, if any.
+	Operation string `json:"operation,omitempty" yaml:"operation,omitempty"`
+}
+
+// InstancesPost is the body of POST /1.0/instances.
+type InstancesPost struct {
+	Name    string            `json:"name"`
+	Type    string            `json:"type"`
+	Image   string            `json:"image"`
+	Config  map[string]string `json:"config,omitempty"`
+	Devices Devices           `json:"devices,omitempty"`
+	// Start makes the create operation also start the instance (launch).
+	Start bool `json:"start,omitempty"`
+}
+
+// InstancePut is the body of PUT /1.0/instances/NAME: it replaces config and devices whole.
+type InstancePut struct {
+	Config  map[string]string `json:"config"`
+	Devices Devices           `json:"devices"`
+}
+
+// InstancePatch is the body of PATCH /1.0/instances/NAME: config keys set to null are removed,
+// others are set; devices given replace the device of that name, null removes it.
+type InstancePatch struct {
+	Config  map[string]*string           `json:"config,omitempty"`
+	Devices map[string]map[string]string `json:"devices,omitempty"`
+}
+
+// State actions for PUT /1.0/instances/NAME/state.
+const (
+	ActionStart   = "start"
+	ActionStop    = "stop"
+	ActionRestart = "restart"
+	ActionPause   = "pause"
+	ActionResume  = "resume"
+)
+
+// InstanceStatePut is the body of PUT /1.0/instances/NAME/state.
+type InstanceStatePut struct {
+	Action string `json:"action"`
+	// Timeout in seconds for a graceful stop before it is forced; 0 means the default.
+	Timeout  int  `json:"timeout,omitempty"`
+	Force    bool `json:"force,omitempty"`
+	Stateful bool `json:"stateful,omitempty"`
+}

@@ -1,0 +1,50 @@
+// tandemd is the tandem daemon: it runs VMs and system containers on this host behind a REST API.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"tandem/internal/daemon"
+)
+
+func main() {
+	var cfg daemon.Config
+	var logLevel string
+	flag.StringVar(&cfg.Dir, "dir", envOr("TANDEM_DIR", "/var/lib/tandem"), "state directory of this host (several daemons need several dirs)")
+	flag.StringVar(&cfg.Listen, "listen", "", "also serve HTTPS with client certificates on this address (host:port)")
+	flag.StringVar(&cfg.Driver, "driver", "auto", "drivers to use: auto (what this host can run) or fake (testing)")
+	flag.DurationVar(&cfg.FakeDelay, "fake-delay", 0, "with --driver=fake, how long create/start/stop take")
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "tandemd: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "tandemd: bad --log-level %q\n", logLevel)
+		os.Exit(2)
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Run(ctx, cfg); err != nil {
+		slog.Error("tandemd failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,159 @@
+// Package daemon starts tandemd: opens the state, registers drivers, recovers instances and interrupted
+// operations, serves the API, and shuts down leaving instances running.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"tandem/internal/driver"
+	"tandem/internal/driver/fake"
+	"tandem/internal/events"
+	"tandem/internal/hostinfo"
+	"tandem/internal/instance"
+	"tandem/internal/operations"
+	"tandem/internal/server"
+	"tandem/internal/store"
+	"tandem/internal/trust"
+)
+
+// Config is what tandemd's flags set.
+type Config struct {
+	Dir    string
+	Listen string // HTTPS address, empty for none
+	// Driver is "auto" (the real drivers this host can run) or "fake" (for tests).
+	Driver    string
+	FakeDelay time.Duration
+}
+
+// SocketPath is where the API's unix socket lives in a daemon dir.
+func SocketPath(dir string) string { return filepath.Join(dir, "unix.socket") }
+
+// Run serves until ctx is cancelled, then shuts down cleanly. Instances keep running.
+func Run(ctx context.Context, cfg Config) error {
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	// The socket path must fit a sockaddr_un.
+	if len(SocketPath(cfg.Dir)) > 107 {
+		return fmt.Errorf("state dir %s is too long: the socket path must be under 108 bytes", cfg.Dir)
+	}
+	st, err := store.Open(filepath.Join(cfg.Dir, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	hub := events.NewHub()
+	ops := operations.NewManager(st, hub)
+	if err := ops.Recover(); err != nil {
+		return fmt.Errorf("recover operations: %w", err)
+	}
+	drivers, err := registerDrivers(cfg)
+	if err != nil {
+		return err
+	}
+	hostMemory := func() uint64 { total, _ := hostinfo.Memory(); return total }
+	instances := instance.NewManager(st, drivers, ops, hub, hostMemory)
+	if err := instances.Recover(ctx); err != nil {
+		return fmt.Errorf("recover instances: %w", err)
+	}
+
+	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Dir: cfg.Dir}
+	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	httpSrv := &http.Server{
+		Handler:           logRequests(srv.Handler()),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	}
+
+	errc := make(chan error, 2)
+	unixL, err := listenUnix(SocketPath(cfg.Dir))
+	if err != nil {
+		return err
+	}
+	go func() { errc <- httpSrv.Serve(unixL) }()
+	slog.Info("tandemd serving", "socket", SocketPath(cfg.Dir), "drivers", drivers.Names())
+
+	if cfg.Listen != "" {
+		tlsL, err := listenTLS(cfg)
+		if err != nil {
+			return err
+		}
+		go func() { errc <- httpSrv.Serve(tlsL) }()
+		slog.Info("tandemd serving HTTPS", "address", tlsL.Addr().String())
+	}
+
+	select {
+	case <-ctx.Done():
+		slog.Info("shutting down; instances keep running")
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("API server failed", "err", err)
+		}
+	}
+	cancelBase()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	httpSrv.Shutdown(sctx)
+	ops.Shutdown(10 * time.Second)
+	return nil
+}
+
+func registerDrivers(cfg Config) (*driver.Registry, error) {
+	reg := driver.NewRegistry()
+	switch cfg.Driver {
+	case "fake":
+		d, err := fake.New(fake.Options{Dir: filepath.Join(cfg.Dir, "fake"), Delay: cfg.FakeDelay})
+		if err != nil {
+			return nil, err
+		}
+		reg.Register("fake", d, "container", "vm")
+	case "auto", "":
+		// The container and VM drivers register here as they land.
+	default:
+		return nil, fmt.Errorf("unknown driver setting %q (want auto or fake)", cfg.Driver)
+	}
+	return reg, nil
+}
+
+// listenUnix serves on a root-only socket, replacing a stale one. The state file's lock, taken before
+// this, already guarantees no other daemon uses this dir.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func listenTLS(cfg Config) (net.Listener, error) {
+	host, _ := os.Hostname()
+	cert, err := trust.EnsureKeyPair(cfg.Dir, host)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	tc := trust.Trusted{Dir: filepath.Join(cfg.Dir, "trust")}.ServerConfig(cert)
+	return tls.NewListener(l, tc), nil
+}

@@ -1,0 +1,108 @@
+// Package driver defines the boundary between the control plane and the backends that run instances:
+// a small core interface every backend implements, plus optional capabilities found by type assertion.
+package driver
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Status is what a driver observes of an instance.
+type Status string
+
+const (
+	StatusRunning Status = "Running"
+	StatusStopped Status = "Stopped"
+	StatusPaused  Status = "Paused"
+	// StatusGone means the driver has no trace of the instance (e.g. its process vanished with its state).
+	StatusGone Status = "Gone"
+)
+
+// ErrNotRunning is returned by operations that need a running instance.
+var ErrNotRunning = errors.New("instance is not running")
+
+// Capability names reported in Info.
+const (
+	CapPause      = "pause"
+	CapExec       = "exec"
+	CapConsole    = "console"
+	CapHotplug    = "hotplug"
+	CapCheckpoint = "checkpoint"
+	CapMigrate    = "migrate"
+	CapStats      = "stats"
+)
+
+// Info describes a driver and whether it can run on this host.
+type Info struct {
+	Name         string
+	Version      string
+	Available    bool
+	Reason       string // why it is not available
+	Capabilities []string
+}
+
+// Spec is what a driver needs to create an instance.
+type Spec struct {
+	// ID is unique and assigned by the daemon before Create, so an interrupted Create can still be
+	// cleaned up by calling Delete with a Handle of that ID. Drivers name their resources after it.
+	ID      string
+	Name    string
+	Type    string
+	Image   string
+	Config  map[string]string
+	Devices map[string]map[string]string
+}
+
+// Handle is the persisted link between an instance and its driver. The daemon stores it after every
+// driver call, so a driver that changes DriverState (a pid, a socket path) must do so in place.
+type Handle struct {
+	ID          string `json:"id"`
+	Driver      string `json:"driver"`
+	Version     int    `json:"version"`
+	DriverState []byte `json:"driver_state,omitempty"`
+	// Spec is the latest spec, kept so a driver can rebuild what it needs on Start and Recover.
+	Spec Spec `json:"spec"`
+}
+
+// StopOpts says how to stop.
+type StopOpts struct {
+	Timeout  time.Duration // graceful shutdown budget before a forced kill
+	Force    bool
+	Stateful bool
+}
+
+// Driver is the core every backend implements. Every call is bounded by ctx.
+type Driver interface {
+	Info(ctx context.Context) Info
+	Create(ctx context.Context, spec *Spec) (*Handle, error)
+	Start(ctx context.Context, h *Handle) error
+	Stop(ctx context.Context, h *Handle, opts StopOpts) error
+	Delete(ctx context.Context, h *Handle) error
+	State(ctx context.Context, h *Handle) (Status, error)
+	// Recover re-attaches to an instance after a daemon restart; a running instance keeps running.
+	Recover(ctx context.Context, h *Handle) error
+}
+
+// Pauser freezes and thaws a running instance.
+type Pauser interface {
+	Pause(ctx context.Context, h *Handle) error
+	Resume(ctx context.Context, h *Handle) error
+}
+
+// Updater applies a changed spec (config, devices) to an instance, live where it runs.
+type Updater interface {
+	Update(ctx context.Context, h *Handle, spec *Spec) error
+}
+
+// Stats are live figures of a running instance.
+type Stats struct {
+	CPUTime     time.Duration
+	MemoryBytes uint64
+	Processes   int
+}
+
+// Statter reports live figures of a running instance.
+type Statter interface {
+	Stats(ctx context.Context, h *Handle) (Stats, error)
+}

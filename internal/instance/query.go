@@ -1,0 +1,171 @@
+package instance
+
+import (
+	"context"
+	"fmt"
+	"maps"
+
+	"tandem/api"
+	"tandem/internal/driver"
+	"tandem/internal/errdefs"
+	"tandem/internal/store"
+)
+
+// Get returns one instance with its live status.
+func (m *Manager) Get(ctx context.Context, name string) (*api.Instance, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	rec, err := m.store.GetInstance(name)
+	if err != nil {
+		return nil, err
+	}
+	return m.view(ctx, rec), nil
+}
+
+// List returns every instance with its live status, sorted by name.
+func (m *Manager) List(ctx context.Context) ([]*api.Instance, error) {
+	recs, err := m.store.ListInstances()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*api.Instance, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, m.view(ctx, rec))
+	}
+	return out, nil
+}
+
+// view turns a record into the API object, asking the driver for the status now.
+func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Instance {
+	inst := &api.Instance{
+		Name: rec.Name, Type: rec.Type, Image: rec.Image, CreatedAt: rec.CreatedAt,
+		Config: rec.Desired.Config, Devices: rec.Desired.Devices, DesiredPower: rec.Desired.Power,
+		Status: rec.Observed.Status, StatusError: rec.Observed.Error, Operation: m.holder(rec.Name),
+	}
+	if rec.Handle != nil {
+		inst.Driver = rec.Handle.Driver
+	}
+	switch {
+	case rec.Pending == store.PendingCreate:
+		inst.Status = "Creating"
+		return inst
+	case rec.Pending == store.PendingDelete:
+		inst.Status = "Deleting"
+		return inst
+	}
+	drv, err := m.drivers.ByName(inst.Driver)
+	if err != nil {
+		inst.Status, inst.StatusError = api.StatusError, err.Error()
+		return inst
+	}
+	qctx, cancel := context.WithTimeout(ctx, stateQueryTimeout)
+	defer cancel()
+	st, err := drv.State(qctx, rec.Handle)
+	switch {
+	case err != nil:
+		inst.Status, inst.StatusError = api.StatusError, err.Error()
+	case st == driver.StatusGone:
+		inst.Status, inst.StatusError = api.StatusError, "the driver has no trace of this instance"
+	default:
+		inst.Status, inst.StatusError = apiStatus(st), ""
+	}
+	return inst
+}
+
+// Update replaces the config and devices of an instance (PUT).
+func (m *Manager) Update(ctx context.Context, name string, put api.InstancePut) (*api.Instance, error) {
+	return m.updateSpec(ctx, name, func(config map[string]string, devices map[string]map[string]string) (map[string]string, map[string]map[string]string) {
+		return nonNil(put.Config), nonNilDevices(put.Devices)
+	})
+}
+
+// Patch merges config and device changes into an instance (PATCH): null removes.
+func (m *Manager) Patch(ctx context.Context, name string, patch api.InstancePatch) (*api.Instance, error) {
+	return m.updateSpec(ctx, name, func(config map[string]string, devices map[string]map[string]string) (map[string]string, map[string]map[string]string) {
+		for k, v := range patch.Config {
+			if v == nil {
+				delete(config, k)
+			} else {
+				config[k] = *v
+			}
+		}
+		for k, d := range patch.Devices {
+			if d == nil {
+				delete(devices, k)
+			} else {
+				devices[k] = d
+			}
+		}
+		return config, devices
+	})
+}
+
+// updateSpec applies a config/device change under the instance lock: validated first, handed to the
+// driver if it can apply changes live, and stored only if all of that worked.
+func (m *Manager) updateSpec(ctx context.Context, name string, change func(map[string]string, map[string]map[string]string) (map[string]string, map[string]map[string]string)) (*api.Instance, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := m.lock(name, "update"); err != nil {
+		return nil, err
+	}
+	defer m.unlock(name)
+	rec, drv, err := m.recordAndDriver(name)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Pending != "" {
+		return nil, errdefs.Conflict("instance %q is %s", name, rec.Pending)
+	}
+	config, devices := change(maps.Clone(rec.Desired.Config), cloneDevices(rec.Desired.Devices))
+	if err := m.validateSpec(config, devices); err != nil {
+		return nil, err
+	}
+	spec := rec.Handle.Spec
+	spec.Config, spec.Devices = config, devices
+	if u, ok := drv.(driver.Updater); ok {
+		if err := u.Update(ctx, rec.Handle, &spec); err != nil {
+			return nil, fmt.Errorf("apply change to %s: %w", name, err)
+		}
+	}
+	rec.Handle.Spec = spec
+	rec, err = m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
+		r.Desired.Config, r.Desired.Devices = config, devices
+		r.Handle = rec.Handle
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.hub.Lifecycle("instance-updated", name)
+	return m.view(ctx, rec), nil
+}
+
+func cloneDevices(d map[string]map[string]string) map[string]map[string]string {
+	out := make(map[string]map[string]string, len(d))
+	for k, v := range d {
+		out[k] = maps.Clone(v)
+	}
+	return out
+}
+
+// Allocated sums the limits of all instances, and counts those running.
+func (m *Manager) Allocated(ctx context.Context) (api.HostAllocated, error) {
+	list, err := m.List(ctx)
+	if err != nil {
+		return api.HostAllocated{}, err
+	}
+	var a api.HostAllocated
+	for _, inst := range list {
+		l := ParseLimits(inst.Config)
+		a.Instances++
+		if inst.Status == api.StatusRunning || inst.Status == api.StatusPaused {
+			a.Running++
+		}
+		a.CPU += l.CPU
+		a.Memory += l.Memory
+		a.Disk += l.Disk
+	}
+	return a, nil
+}

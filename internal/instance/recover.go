@@ -1,0 +1,90 @@
+package instance
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"tandem/api"
+	"tandem/internal/driver"
+	"tandem/internal/operations"
+	"tandem/internal/store"
+)
+
+// Recover runs once at daemon start, before the API serves: it finishes or undoes multi-step changes
+// the last daemon was killed in, re-attaches every instance through its driver, and brings observed
+// state in line with desired state. An instance that runs is left alone; one that should run and
+// does not is started.
+func (m *Manager) Recover(ctx context.Context) error {
+	recs, err := m.store.ListInstances()
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		log := slog.With("instance", rec.Name)
+		drv, err := m.drivers.ByName(handleDriver(rec))
+		if err != nil {
+			log.Error("instance's driver is not available; leaving it alone", "err", err)
+			m.observe(rec.Name, api.StatusError, err.Error())
+			continue
+		}
+		switch rec.Pending {
+		case store.PendingCreate:
+			log.Warn("rolling back a create that was interrupted")
+			m.rollbackCreate(rec, drv)
+			continue
+		case store.PendingDelete:
+			log.Warn("finishing a delete that was interrupted")
+			if err := m.delete(ctx, rec.Name); err != nil {
+				log.Error("finish interrupted delete", "err", err)
+			}
+			continue
+		}
+		m.recoverOne(ctx, rec, drv, log)
+	}
+	return nil
+}
+
+func (m *Manager) recoverOne(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, log *slog.Logger) {
+	if err := drv.Recover(ctx, rec.Handle); err != nil {
+		log.Error("re-attach failed", "err", err)
+		m.observe(rec.Name, api.StatusError, err.Error())
+		return
+	}
+	st, err := drv.State(ctx, rec.Handle)
+	if err != nil {
+		m.observe(rec.Name, api.StatusError, err.Error())
+		return
+	}
+	m.saveHandle(ctx, rec.Name, drv, rec.Handle)
+	if st == driver.StatusGone {
+		log.Error("driver lost the instance")
+		return
+	}
+	if rec.Desired.Power == api.PowerRunning && st == driver.StatusStopped {
+		// Started in an operation, so the daemon serves at once and the user can follow or cancel it.
+		op, err := m.runLocked(rec.Name, "Starting instance "+rec.Name+" (it should be running)", nil,
+			func(ctx context.Context, _ *operations.Op) error { return m.start(ctx, rec.Name) })
+		if err != nil {
+			log.Error("start at recovery", "err", err)
+			return
+		}
+		log.Info("instance should run and does not: starting it", "operation", op.ID)
+		return
+	}
+	log.Info("re-attached", "status", st, "desired", rec.Desired.Power)
+}
+
+func (m *Manager) observe(name, status, msg string) {
+	m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
+		r.Observed = store.ObservedState{Status: status, Error: msg, At: time.Now().UTC()}
+		return nil
+	})
+}
+
+func handleDriver(rec *store.InstanceRecord) string {
+	if rec.Handle == nil {
+		return ""
+	}
+	return rec.Handle.Driver
+}
