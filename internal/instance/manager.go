@@ -167,6 +167,10 @@ func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord,
 func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// A launch may have got as far as starting it.
+	if st, err := drv.State(ctx, rec.Handle); err == nil && st != driver.StatusStopped && st != driver.StatusGone {
+		drv.Stop(ctx, rec.Handle, driver.StopOpts{Force: true})
+	}
 	if err := drv.Delete(ctx, rec.Handle); err != nil {
 		slog.Error("rollback of failed create left driver state", "instance", rec.Name, "err", err)
 		return // keep the record so a later delete can retry

@@ -101,16 +101,28 @@ func (m *Manager) Patch(ctx context.Context, name string, patch api.InstancePatc
 	})
 }
 
+// specChange turns the current config and devices (copies) into the wanted ones.
+type specChange func(config map[string]string, devices map[string]map[string]string) (map[string]string, map[string]map[string]string)
+
 // updateSpec applies a config/device change under the instance lock: validated first, handed to the
 // driver if it can apply changes live, and stored only if all of that worked.
-func (m *Manager) updateSpec(ctx context.Context, name string, change func(map[string]string, map[string]map[string]string) (map[string]string, map[string]map[string]string)) (*api.Instance, error) {
+func (m *Manager) updateSpec(ctx context.Context, name string, change specChange) (*api.Instance, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
 	if err := m.lock(name, "update"); err != nil {
 		return nil, err
 	}
-	defer m.unlock(name)
+	rec, err := m.applySpec(ctx, name, change)
+	m.unlock(name)
+	if err != nil {
+		return nil, err
+	}
+	m.hub.Lifecycle("instance-updated", name)
+	return m.view(ctx, rec), nil
+}
+
+func (m *Manager) applySpec(ctx context.Context, name string, change specChange) (*store.InstanceRecord, error) {
 	rec, drv, err := m.recordAndDriver(name)
 	if err != nil {
 		return nil, err
@@ -130,16 +142,11 @@ func (m *Manager) updateSpec(ctx context.Context, name string, change func(map[s
 		}
 	}
 	rec.Handle.Spec = spec
-	rec, err = m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
+	return m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
 		r.Desired.Config, r.Desired.Devices = config, devices
 		r.Handle = rec.Handle
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	m.hub.Lifecycle("instance-updated", name)
-	return m.view(ctx, rec), nil
 }
 
 func cloneDevices(d map[string]map[string]string) map[string]map[string]string {

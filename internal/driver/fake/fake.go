@@ -263,3 +263,14 @@ func (d *Driver) save(id string, s *state) error {
 	}
 	return fsutil.WriteFileAtomic(d.path(id), data, 0o600)
 }
+
+// Starts returns how many times an instance was started (tests use it to see that nothing restarted it).
+func (d *Driver) Starts(h *driver.Handle) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, _ := d.load(h.ID)
+	if s == nil {
+		return 0
+	}
+	return s.Starts
+}
