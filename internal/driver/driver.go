@@ -106,3 +106,19 @@ type Stats struct {
 type Statter interface {
 	Stats(ctx context.Context, h *Handle) (Stats, error)
 }
+
+// ImageInfo is what a driver needs to know about an image.
+type ImageInfo struct {
+	Fingerprint string
+	OS          string // busybox, debian, windows, ...
+	// ShutdownSignal makes the image's init power off (e.g. "SIGRTMIN+3" for systemd).
+	ShutdownSignal string
+	KernelCmdline  string // default kernel command line for a VM, if the image has one
+}
+
+// Images gives drivers the files of an image. The daemon wires it to the image store.
+type Images interface {
+	// Rootfs returns a directory holding the image's unpacked root filesystem. It is shared by all
+	// instances of the image and must not be written to: drivers copy it.
+	Rootfs(ctx context.Context, image string) (dir string, info ImageInfo, err error)
+}
