@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs what the system tests need (idempotent), vets, then runs unit
+# and system tests. System tests skip with a printed reason when a component is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+if [ "$(id -u)" = 0 ] && [ -f scripts/setup.sh ]; then
+	bash scripts/setup.sh
+else
+	echo "test.sh: not root: skipping scripts/setup.sh; system tests that need root will skip" >&2
+fi
+
+echo "== go vet"
+go vet ./...
+echo "== go test"
+# -p 1 for packages keeps system tests that boot guests from fighting over the two cores.
+go test -count=1 -timeout 75m -p 1 ./... "$@"
