@@ -7,7 +7,7 @@ export PATH="$PATH:/usr/local/go/bin"
 DIR="${TANDEM_DIR:-/var/lib/tandem}"
 DRIVER="${TANDEM_DRIVER:-fake}" # the container and VM drivers are not wired in yet
 
-[ -f scripts/setup.sh ] && bash scripts/setup.sh
+bash scripts/setup.sh
 echo "== building tandem"
 mkdir -p bin
 go build -o bin/ ./cmd/tandem ./cmd/tandemd
