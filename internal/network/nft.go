@@ -1,0 +1,84 @@
+package network
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// tableName is tandem's own nftables table for one network, in both the bridge family
+// (anti-spoofing) and the ip family (NAT). tandem never touches a table it did not name.
+func tableName(network string) string { return "tandem-" + network }
+
+// portChain is the per-NIC chain of the anti-spoofing rules.
+func portChain(hostIf string) string { return "port-" + hostIf }
+
+// nftRuleset renders a network's complete nftables configuration. It is applied with one `nft -f -`,
+// which is a single transaction: the "add, delete, define" idiom replaces the tables atomically, so
+// there is never a moment without rules and nothing of an earlier version survives.
+//
+// Anti-spoofing uses the bridge family: its prerouting hook sees every frame a port sends, bridged
+// or bound for the host, and needs neither br_netfilter nor conntrack. A port may send only from its
+// MAC, ARP only for its own IP (or 0.0.0.0 probes), IPv4 only from its IP (or a DHCP request from
+// 0.0.0.0), no DHCP server replies, and nothing else: the network is IPv4-only, so IPv6 and VLAN-
+// tagged frames, which could carry any address, are dropped.
+func nftRuleset(s *state) string {
+	t := tableName(s.Name)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# tandem network %s: generated, replaced whole on every change\n", s.Name)
+	fmt.Fprintf(&b, "table bridge %s\ndelete table bridge %s\ntable bridge %s {\n", t, t, t)
+	b.WriteString("\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n")
+	var ports []*attachment
+	for _, a := range s.sortedAttachments() {
+		if a.HostIf != "" {
+			ports = append(ports, a)
+		}
+	}
+	if len(ports) > 0 {
+		var jumps []string
+		for _, a := range ports {
+			jumps = append(jumps, fmt.Sprintf("%q : jump %s", a.HostIf, portChain(a.HostIf)))
+		}
+		fmt.Fprintf(&b, "\t\tiifname vmap { %s }\n", strings.Join(jumps, ", "))
+	}
+	b.WriteString("\t}\n")
+	for _, a := range ports {
+		writePortChain(&b, a)
+	}
+	b.WriteString("}\n")
+
+	fmt.Fprintf(&b, "table ip %s\ndelete table ip %s\n", t, t)
+	if s.NAT {
+		fmt.Fprintf(&b, "table ip %s {\n", t)
+		b.WriteString("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+		fmt.Fprintf(&b, "\t\tip saddr %s ip daddr != { %s, 224.0.0.0/4, 255.255.255.255 } masquerade\n", s.Subnet, s.Subnet)
+		b.WriteString("\t}\n}\n")
+	}
+	return b.String()
+}
+
+func writePortChain(b *strings.Builder, a *attachment) {
+	fmt.Fprintf(b, "\tchain %s {\n", portChain(a.HostIf))
+	fmt.Fprintf(b, "\t\tether saddr != %s drop\n", a.MAC)
+	fmt.Fprintf(b, "\t\tether type arp arp saddr ether != %s drop\n", a.MAC)
+	fmt.Fprintf(b, "\t\tether type arp arp saddr ip != { 0.0.0.0, %s } drop\n", a.IPv4)
+	b.WriteString("\t\tether type arp accept\n")
+	b.WriteString("\t\tether type ip udp sport 67 drop\n")
+	fmt.Fprintf(b, "\t\tether type ip ip saddr %s accept\n", a.IPv4)
+	b.WriteString("\t\tether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept\n")
+	b.WriteString("\t\tdrop\n")
+	b.WriteString("\t}\n")
+}
+
+// nftRemoval deletes a network's tables, whether or not they exist.
+func nftRemoval(network string) string {
+	t := tableName(network)
+	return fmt.Sprintf("table bridge %s\ndelete table bridge %s\ntable ip %s\ndelete table ip %s\n", t, t, t, t)
+}
+
+func applyNft(ctx context.Context, ruleset string) error {
+	if _, err := run(ctx, ruleset, "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("apply nftables rules: %w", err)
+	}
+	return nil
+}
