@@ -43,6 +43,16 @@ type Instance struct {
 	CreatedAt    time.Time `json:"created_at" yaml:"created_at"`
 	// Operation is the id of the operation holding the instance, if any.
 	Operation string `json:"operation,omitempty" yaml:"operation,omitempty"`
+	// NICs are the instance's network interfaces with the MAC and address tandem assigned.
+	NICs []NIC `json:"nics,omitempty" yaml:"nics,omitempty"`
+}
+
+// NIC is one network interface of an instance.
+type NIC struct {
+	Name    string `json:"name" yaml:"name"`
+	Network string `json:"network" yaml:"network"`
+	MAC     string `json:"mac" yaml:"mac"`
+	IPv4    string `json:"ipv4,omitempty" yaml:"ipv4,omitempty"`
 }
 
 // InstancesPost is the body of POST /1.0/instances.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -35,9 +36,15 @@ func newListCmd(a *app) *cobra.Command {
 			}
 			sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
 			return a.render(list, func(w io.Writer) error {
-				t := newTable(w, "NAME", "TYPE", "STATUS", "IMAGE", "DESIRED")
+				t := newTable(w, "NAME", "TYPE", "STATUS", "IPV4", "IMAGE", "DESIRED")
 				for _, in := range list {
-					t.row(in.Name, in.Type, in.Status, in.Image, in.DesiredPower)
+					var ips []string
+					for _, n := range in.NICs {
+						if n.IPv4 != "" {
+							ips = append(ips, n.IPv4+" ("+n.Name+")")
+						}
+					}
+					t.row(in.Name, in.Type, in.Status, strings.Join(ips, ", "), in.Image, in.DesiredPower)
 				}
 				return t.flush()
 			})
@@ -83,6 +90,12 @@ func printInstance(w io.Writer, in *api.Instance) {
 		fmt.Fprintln(w, "Config:")
 		kvLines(w, "  ", in.Config)
 	}
+	if len(in.NICs) > 0 {
+		fmt.Fprintln(w, "Network:")
+		for _, n := range in.NICs {
+			fmt.Fprintf(w, "  %s: %s on %s (%s)\n", n.Name, orDash(n.IPv4), n.Network, n.MAC)
+		}
+	}
 	if len(in.Devices) > 0 {
 		fmt.Fprintln(w, "Devices:")
 		for _, name := range sortedKeys(in.Devices) {
@@ -90,4 +103,11 @@ func printInstance(w io.Writer, in *api.Instance) {
 			kvLines(w, "    ", in.Devices[name])
 		}
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -20,9 +20,9 @@ func TestListFormats(t *testing.T) {
 
 	r := cli(t, dir, false, "list")
 	want := "" +
-		"NAME  TYPE       STATUS   IMAGE    DESIRED\n" +
-		"c1    container  Running  busybox  running\n" +
-		"v2    vm         Stopped  debian   stopped\n"
+		"NAME  TYPE       STATUS   IPV4  IMAGE    DESIRED\n" +
+		"c1    container  Running  -     busybox  running\n" +
+		"v2    vm         Stopped  -     debian   stopped\n"
 	if r.code != 0 || r.stdout != want || r.stderr != "" {
 		t.Fatalf("list: code %d\nstdout:\n%s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}

@@ -20,6 +20,8 @@ func main() {
 	flag.StringVar(&cfg.Listen, "listen", "", "also serve HTTPS with client certificates on this address (host:port)")
 	flag.StringVar(&cfg.Driver, "driver", "auto", "drivers to use: auto (what this host can run) or fake (testing)")
 	flag.DurationVar(&cfg.FakeDelay, "fake-delay", 0, "with --driver=fake, how long create/start/stop take")
+	flag.BoolVar(&cfg.Networking, "network", true, "manage networks (bridges, NAT, DHCP, DNS)")
+	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	if flag.NArg() > 0 {

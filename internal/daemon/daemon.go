@@ -4,7 +4,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +21,7 @@ import (
 	"tandem/internal/events"
 	"tandem/internal/hostinfo"
 	"tandem/internal/instance"
+	"tandem/internal/network"
 	"tandem/internal/operations"
 	"tandem/internal/server"
 	"tandem/internal/store"
@@ -32,10 +35,26 @@ type Config struct {
 	// Driver is "auto" (the real drivers this host can run) or "fake" (for tests).
 	Driver    string
 	FakeDelay time.Duration
+	// Networking turns on managed networks; DefaultNetwork also creates tandem0 and gives every new
+	// instance without a NIC an eth0 on it.
+	Networking     bool
+	DefaultNetwork bool
 }
 
 // SocketPath is where the API's unix socket lives in a daemon dir.
 func SocketPath(dir string) string { return filepath.Join(dir, "unix.socket") }
+
+// RunDir is a short per-daemon directory for pidfiles and sockets: unix socket paths must stay under
+// 108 bytes, which a deep state dir would break. It is derived from the state dir so that several
+// daemons on one machine never share one.
+func RunDir(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join("/run/tandem", hex.EncodeToString(sum[:4]))
+}
 
 // Run serves until ctx is cancelled, then shuts down cleanly. Instances keep running.
 func Run(ctx context.Context, cfg Config) error {
@@ -63,11 +82,22 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	hostMemory := func() uint64 { total, _ := hostinfo.Memory(); return total }
 	instances := instance.NewManager(st, drivers, ops, hub, hostMemory)
+	networks, err := startNetworks(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if networks != nil {
+		defaultNet := ""
+		if cfg.DefaultNetwork {
+			defaultNet = network.DefaultName
+		}
+		instances.SetNetworks(networks, defaultNet)
+	}
 	if err := instances.Recover(ctx); err != nil {
 		return fmt.Errorf("recover instances: %w", err)
 	}
 
-	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Dir: cfg.Dir}
+	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks, Dir: cfg.Dir}
 	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
@@ -108,6 +138,27 @@ func Run(ctx context.Context, cfg Config) error {
 	httpSrv.Shutdown(sctx)
 	ops.Shutdown(10 * time.Second)
 	return nil
+}
+
+// startNetworks brings back every managed network (bridges, rules, dnsmasq) before instances recover,
+// and makes the default network on first start.
+func startNetworks(ctx context.Context, cfg Config) (*network.Manager, error) {
+	if !cfg.Networking {
+		return nil, nil
+	}
+	nm, err := network.NewManager(network.Options{Dir: filepath.Join(cfg.Dir, "networks"), RunDir: filepath.Join(RunDir(cfg.Dir), "net")})
+	if err != nil {
+		return nil, err
+	}
+	if err := nm.Recover(ctx); err != nil {
+		return nil, fmt.Errorf("recover networks: %w", err)
+	}
+	if cfg.DefaultNetwork {
+		if _, err := nm.EnsureDefault(ctx); err != nil {
+			return nil, fmt.Errorf("default network: %w", err)
+		}
+	}
+	return nm, nil
 }
 
 func registerDrivers(cfg Config) (*driver.Registry, error) {

@@ -35,6 +35,9 @@ type Manager struct {
 	hub     *events.Hub
 	// hostMemory returns the host's RAM in bytes, to refuse limits no host could meet.
 	hostMemory func() uint64
+	// networks is nil when networking is off; defaultNetwork is given to instances with no NIC.
+	networks       Networks
+	defaultNetwork string
 
 	mu   sync.Mutex
 	busy map[string]string // instance name -> id of the operation holding it
@@ -43,6 +46,12 @@ type Manager struct {
 // NewManager wires a control plane.
 func NewManager(st *store.Store, drivers *driver.Registry, ops *operations.Manager, hub *events.Hub, hostMemory func() uint64) *Manager {
 	return &Manager{store: st, drivers: drivers, ops: ops, hub: hub, hostMemory: hostMemory, busy: map[string]string{}}
+}
+
+// SetNetworks turns on NIC address management; instances with no NIC get one on defaultNetwork
+// (none if it is empty).
+func (m *Manager) SetNetworks(n Networks, defaultNetwork string) {
+	m.networks, m.defaultNetwork = n, defaultNetwork
 }
 
 // lock takes the instance for an operation, or says which operation has it.
@@ -102,6 +111,7 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 	if req.Image == "" {
 		return nil, errdefs.Invalid("an image is required")
 	}
+	req.Devices = m.withDefaultNIC(req.Devices)
 	if err := m.validateSpec(req.Config, req.Devices); err != nil {
 		return nil, err
 	}
@@ -143,6 +153,10 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 // createInDriver runs the driver's create; on failure it undoes what was made and forgets the record.
 func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver) error {
 	spec := rec.Handle.Spec
+	if err := m.attachNICs(ctx, rec.Name, nil, spec.Devices); err != nil {
+		m.rollbackCreate(rec, drv)
+		return err
+	}
 	h, err := drv.Create(ctx, &spec)
 	if err != nil {
 		m.rollbackCreate(rec, drv)
@@ -175,6 +189,7 @@ func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 		slog.Error("rollback of failed create left driver state", "instance", rec.Name, "err", err)
 		return // keep the record so a later delete can retry
 	}
+	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		slog.Error("rollback of failed create", "instance", rec.Name, "err", err)
 	}

@@ -46,6 +46,7 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 	if rec.Handle != nil {
 		inst.Driver = rec.Handle.Driver
 	}
+	inst.NICs = m.nicViews(ctx, rec.Name, rec.Desired.Devices)
 	switch {
 	case rec.Pending == store.PendingCreate:
 		inst.Status = "Creating"
@@ -134,13 +135,19 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 	if err := m.validateSpec(config, devices); err != nil {
 		return nil, err
 	}
+	// New NICs get their addresses before the driver plugs them; removed ones are released after.
+	if err := m.attachNICs(ctx, name, rec.Desired.Devices, devices); err != nil {
+		return nil, err
+	}
 	spec := rec.Handle.Spec
 	spec.Config, spec.Devices = config, devices
 	if u, ok := drv.(driver.Updater); ok {
 		if err := u.Update(ctx, rec.Handle, &spec); err != nil {
+			m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
 			return nil, fmt.Errorf("apply change to %s: %w", name, err)
 		}
 	}
+	m.detachNICs(name, rec.Desired.Devices, removedNICs(rec.Desired.Devices, devices))
 	rec.Handle.Spec = spec
 	return m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
 		r.Desired.Config, r.Desired.Devices = config, devices

@@ -203,6 +203,7 @@ func (m *Manager) delete(ctx context.Context, name string) error {
 	if err := drv.Delete(ctx, rec.Handle); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
+	m.detachNICs(name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	if err := m.store.DeleteInstance(name); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package instance
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 
 	"tandem/api"
 	"tandem/internal/errdefs"
+	"tandem/internal/network"
 	"tandem/internal/units"
 )
 
@@ -216,7 +218,7 @@ var deviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 var deviceKeys = map[string]map[string]keyCheck{
 	"nic": {
 		"network": checkWord, "name": checkWord, "hwaddr": checkMAC,
-		"ipv4.address": checkAny, "limits.ingress": checkAny, "limits.egress": checkAny,
+		"ipv4.address": checkIPv4, "limits.ingress": checkRate, "limits.egress": checkRate,
 	},
 	"disk": {
 		"pool": checkWord, "source": checkAny, "path": checkAny, "size": checkPositiveSize,
@@ -234,6 +236,19 @@ func checkMAC(v string) error {
 }
 
 func checkAny(string) error { return nil }
+
+func checkIPv4(v string) error {
+	a, err := netip.ParseAddr(v)
+	if err != nil || !a.Is4() {
+		return fmt.Errorf("%q is not an IPv4 address", v)
+	}
+	return nil
+}
+
+func checkRate(v string) error {
+	_, err := network.ParseRate(v)
+	return err
+}
 
 // ValidateDevices checks device names, types and keys.
 func ValidateDevices(devices api.Devices) error {

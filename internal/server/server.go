@@ -15,6 +15,7 @@ import (
 	"tandem/internal/events"
 	"tandem/internal/hostinfo"
 	"tandem/internal/instance"
+	"tandem/internal/network"
 	"tandem/internal/operations"
 )
 
@@ -24,7 +25,9 @@ type Server struct {
 	Operations *operations.Manager
 	Events     *events.Hub
 	Drivers    *driver.Registry
-	Dir        string
+	// Networks is nil when networking is off.
+	Networks *network.Manager
+	Dir      string
 
 	hostMu   sync.Mutex
 	hostAt   time.Time
@@ -48,6 +51,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /1.0/operations/{id}", s.cancelOperation)
 	mux.HandleFunc("GET /1.0/events", s.streamEvents)
 	mux.HandleFunc("GET /1.0/host", s.getHost)
+	s.registerNetworks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -198,10 +198,10 @@ func TestConfigPatchAndPut(t *testing.T) {
 		t.Fatalf("patch unset: %d %s", code, data)
 	}
 	a.wantError("PATCH", "/1.0/instances/c1", `{"config":{"limits.bogus":"1"}}`, 400, "unknown config key")
-	code, data = a.do("PUT", "/1.0/instances/c1", `{"config":{"limits.cpu":"0-1"},"devices":{"eth0":{"type":"nic","network":"default"}}}`)
+	code, data = a.do("PUT", "/1.0/instances/c1", `{"config":{"limits.cpu":"0-1"},"devices":{"data":{"type":"disk","path":"/data","pool":"default"}}}`)
 	inst = api.Instance{}
 	json.Unmarshal(data, &inst)
-	if code != 200 || inst.Config["limits.cpu"] != "0-1" || inst.Config["limits.memory"] != "" || inst.Devices["eth0"]["network"] != "default" {
+	if code != 200 || inst.Config["limits.cpu"] != "0-1" || inst.Config["limits.memory"] != "" || inst.Devices["data"]["path"] != "/data" {
 		t.Fatalf("put: %d %s", code, data)
 	}
 	// A refused change left the config as it was.

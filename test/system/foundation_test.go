@@ -17,7 +17,7 @@ import (
 // The whole control plane through the CLI, with the fake driver: launch, list in three formats, stop,
 // start, delete, bad input, and a SIGKILL of the daemon in the middle of a slow operation.
 func TestFoundationThroughCLI(t *testing.T) {
-	d := startDaemon(t, "--driver", "fake", "--fake-delay", "400ms")
+	d := startDaemon(t, "--driver", "fake", "--fake-delay", "400ms", "--network=false")
 
 	d.must("launch", "busybox", "c1", "-c", "limits.memory=256MiB")
 	d.must("launch", "busybox", "v1", "--vm", "-c", "limits.cpu=2")

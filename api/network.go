@@ -1,0 +1,21 @@
+package api
+
+// Network is a managed network: a bridge with NAT, DHCP and DNS.
+type Network struct {
+	Name      string `json:"name" yaml:"name"`
+	Bridge    string `json:"bridge" yaml:"bridge"`
+	Subnet    string `json:"subnet" yaml:"subnet"`
+	Gateway   string `json:"gateway" yaml:"gateway"`
+	NAT       bool   `json:"nat" yaml:"nat"`
+	DNSDomain string `json:"dns_domain" yaml:"dns_domain"`
+	// UsedBy lists the instance NICs on the network, as "instance/nic".
+	UsedBy []string `json:"used_by" yaml:"used_by"`
+}
+
+// NetworksPost is the body of POST /1.0/networks.
+type NetworksPost struct {
+	Name      string `json:"name"`
+	Subnet    string `json:"subnet,omitempty"` // empty: pick a free /24
+	NAT       *bool  `json:"nat,omitempty"`    // default true
+	DNSDomain string `json:"dns_domain,omitempty"`
+}

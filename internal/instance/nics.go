@@ -1,0 +1,129 @@
+package instance
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+
+	"tandem/api"
+	"tandem/internal/errdefs"
+	"tandem/internal/network"
+)
+
+// Networks is what the control plane needs of the network manager: address bookkeeping per NIC.
+// Plugging the NIC into the instance is the driver's job.
+type Networks interface {
+	Attach(ctx context.Context, network, instance, nic string, opts network.AttachOptions) (network.Lease, error)
+	Detach(ctx context.Context, network, instance, nic string) error
+	Lease(ctx context.Context, network, instance, nic string) (network.Lease, error)
+}
+
+// nicNetwork returns the network a nic device is on.
+func nicNetwork(dev map[string]string) string {
+	if n := dev["network"]; n != "" {
+		return n
+	}
+	return network.DefaultName
+}
+
+func isNIC(dev map[string]string) bool { return dev["type"] == "nic" }
+
+// withDefaultNIC gives an instance that asked for no NIC an eth0 on the default network, as Incus's
+// default profile does.
+func (m *Manager) withDefaultNIC(devices api.Devices) api.Devices {
+	if m.networks == nil || m.defaultNetwork == "" {
+		return devices
+	}
+	for _, d := range devices {
+		if isNIC(d) {
+			return devices
+		}
+	}
+	out := maps.Clone(devices)
+	if out == nil {
+		out = api.Devices{}
+	}
+	if _, taken := out["eth0"]; taken {
+		return devices
+	}
+	out["eth0"] = map[string]string{"type": "nic", "network": m.defaultNetwork}
+	return out
+}
+
+// attachNICs reserves an address for every nic device in want that old lacks or that changed. On
+// error it undoes what it did, so the caller has nothing to clean up.
+func (m *Manager) attachNICs(ctx context.Context, instance string, old, want map[string]map[string]string) error {
+	var done []string
+	for name, dev := range want {
+		if !isNIC(dev) || maps.Equal(old[name], dev) {
+			continue
+		}
+		if m.networks == nil {
+			m.detachNICs(instance, want, done)
+			return errdefs.Unavailable("networking is disabled on this host: device %q cannot be added", name)
+		}
+		_, err := m.networks.Attach(ctx, nicNetwork(dev), instance, name, network.AttachOptions{
+			MAC: dev["hwaddr"], IPv4: dev["ipv4.address"], Ingress: dev["limits.ingress"], Egress: dev["limits.egress"],
+		})
+		if err != nil {
+			m.detachNICs(instance, want, done)
+			return err
+		}
+		done = append(done, name)
+	}
+	return nil
+}
+
+// allNICs names every nic device.
+func allNICs(devices map[string]map[string]string) []string {
+	var names []string
+	for name, dev := range devices {
+		if isNIC(dev) {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// detachNICs releases the addresses of the named nic devices.
+func (m *Manager) detachNICs(instance string, devices map[string]map[string]string, names []string) {
+	if m.networks == nil {
+		return
+	}
+	ctx := context.Background()
+	for _, name := range names {
+		if err := m.networks.Detach(ctx, nicNetwork(devices[name]), instance, name); err != nil {
+			slog.Error("release NIC address", "instance", instance, "nic", name, "err", err)
+		}
+	}
+}
+
+// removedNICs lists nic devices in old that want no longer has, or has on another network.
+func removedNICs(old, want map[string]map[string]string) []string {
+	var out []string
+	for name, dev := range old {
+		if isNIC(dev) && (want[name] == nil || nicNetwork(want[name]) != nicNetwork(dev)) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// nicViews reports each NIC's MAC and address.
+func (m *Manager) nicViews(ctx context.Context, instance string, devices map[string]map[string]string) []api.NIC {
+	if m.networks == nil {
+		return nil
+	}
+	var out []api.NIC
+	for name, dev := range devices {
+		if !isNIC(dev) {
+			continue
+		}
+		nic := api.NIC{Name: name, Network: nicNetwork(dev)}
+		if l, err := m.networks.Lease(ctx, nic.Network, instance, name); err == nil {
+			nic.MAC, nic.IPv4 = l.MAC, l.IPv4.String()
+		}
+		out = append(out, nic)
+	}
+	return out
+}
