@@ -30,11 +30,13 @@ type Devices map[string]map[string]string
 
 // Instance is what GET /1.0/instances/NAME returns.
 type Instance struct {
-	Name    string            `json:"name" yaml:"name"`
-	Type    string            `json:"type" yaml:"type"`
-	Image   string            `json:"image" yaml:"image"`
-	Config  map[string]string `json:"config" yaml:"config"`
-	Devices Devices           `json:"devices" yaml:"devices"`
+	Name  string `json:"name" yaml:"name"`
+	Type  string `json:"type" yaml:"type"`
+	Image string `json:"image" yaml:"image"`
+	// ImageFingerprint is the image the instance was made from, whatever alias Image named.
+	ImageFingerprint string            `json:"image_fingerprint,omitempty" yaml:"image_fingerprint,omitempty"`
+	Config           map[string]string `json:"config" yaml:"config"`
+	Devices          Devices           `json:"devices" yaml:"devices"`
 	// DesiredPower is what the user last asked for; Status is what the driver reports.
 	DesiredPower string    `json:"desired_power" yaml:"desired_power"`
 	Status       string    `json:"status" yaml:"status"`

@@ -142,23 +142,33 @@ func (c *Client) Target() string { return c.target }
 // turned into a *StatusError. The caller closes the body.
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
 	var body io.Reader
+	header := http.Header{}
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, fmt.Errorf("encode request: %w", err)
 		}
 		body = bytes.NewReader(b)
+		header.Set("Content-Type", "application/json")
 	}
 	u := c.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
+	return c.sendRaw(ctx, method, u, body, -1, header)
+}
+
+// sendRaw sends body as is (size -1 if unknown) with the given headers; non-2xx becomes a StatusError.
+func (c *Client) sendRaw(ctx context.Context, method, u string, body io.Reader, size int64, header http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if size >= 0 {
+		req.ContentLength = size
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "tandem-client/1.0")
@@ -173,7 +183,6 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	return resp, nil
 }
 
-// do sends a request and decodes a JSON answer into out (when out is not nil).
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
 	resp, err := c.send(ctx, method, path, query, in)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"tandem/internal/driver/fake"
 	"tandem/internal/events"
 	"tandem/internal/hostinfo"
+	"tandem/internal/image"
 	"tandem/internal/instance"
 	"tandem/internal/network"
 	"tandem/internal/operations"
@@ -76,12 +77,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := ops.Recover(); err != nil {
 		return fmt.Errorf("recover operations: %w", err)
 	}
-	drivers, err := registerDrivers(cfg)
+	images, err := image.Open(filepath.Join(cfg.Dir, "images"))
+	if err != nil {
+		return fmt.Errorf("open image store: %w", err)
+	}
+	defer images.Close()
+	imageCache, err := image.NewRootfsCache(images, filepath.Join(cfg.Dir, "rootfs-cache"))
+	if err != nil {
+		return err
+	}
+	drivers, err := registerDrivers(cfg, imageCache)
 	if err != nil {
 		return err
 	}
 	hostMemory := func() uint64 { total, _ := hostinfo.Memory(); return total }
 	instances := instance.NewManager(st, drivers, ops, hub, hostMemory)
+	instances.SetImages(images)
 	networks, err := startNetworks(ctx, cfg)
 	if err != nil {
 		return err
@@ -97,7 +108,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("recover instances: %w", err)
 	}
 
-	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks, Dir: cfg.Dir}
+	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks,
+		Images: images, ImageCache: imageCache, Dir: cfg.Dir}
 	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
@@ -161,7 +173,7 @@ func startNetworks(ctx context.Context, cfg Config) (*network.Manager, error) {
 	return nm, nil
 }
 
-func registerDrivers(cfg Config) (*driver.Registry, error) {
+func registerDrivers(cfg Config, images driver.Images) (*driver.Registry, error) {
 	reg := driver.NewRegistry()
 	switch cfg.Driver {
 	case "fake":

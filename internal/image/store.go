@@ -373,3 +373,15 @@ func (s *Store) updateUsers(ref, user string, f func([]string) []string) error {
 	s.images[fp] = &rec
 	return nil
 }
+
+// Resolve returns the fingerprint of the image ref names, checking that it can run as instanceType.
+func (s *Store) Resolve(ref, instanceType string) (string, error) {
+	img, err := s.Get(ref)
+	if err != nil {
+		return "", err
+	}
+	if !img.Metadata.Supports(instanceType) {
+		return "", errdefs.Invalid("image %q cannot run as a %s (it supports: %s)", ref, instanceType, strings.Join(img.Metadata.Types, ", "))
+	}
+	return img.Fingerprint, nil
+}

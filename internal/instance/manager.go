@@ -38,6 +38,7 @@ type Manager struct {
 	// networks is nil when networking is off; defaultNetwork is given to instances with no NIC.
 	networks       Networks
 	defaultNetwork string
+	images         Images
 
 	mu   sync.Mutex
 	busy map[string]string // instance name -> id of the operation holding it
@@ -123,7 +124,13 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 		return nil, errdefs.Unavailable("the %s driver is not available on this host: %s", drvName, info.Reason)
 	}
 
-	spec := driver.Spec{ID: uuid.NewString(), Name: req.Name, Type: req.Type, Image: req.Image,
+	fingerprint := req.Image
+	if m.images != nil {
+		if fingerprint, err = m.images.Resolve(req.Image, req.Type); err != nil {
+			return nil, err
+		}
+	}
+	spec := driver.Spec{ID: uuid.NewString(), Name: req.Name, Type: req.Type, Image: fingerprint,
 		Config: nonNil(req.Config), Devices: nonNilDevices(req.Devices)}
 	rec := &store.InstanceRecord{
 		Name: req.Name, Type: req.Type, Image: req.Image, CreatedAt: time.Now().UTC(),
@@ -137,7 +144,18 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 	if req.Start {
 		desc = "Launching instance " + req.Name
 	}
-	check := func() error { return m.store.CreateInstance(rec) }
+	check := func() error {
+		if err := m.store.CreateInstance(rec); err != nil {
+			return err
+		}
+		if m.images != nil {
+			if err := m.images.Ref(fingerprint, imageUser(req.Name)); err != nil {
+				m.store.DeleteInstance(req.Name)
+				return err
+			}
+		}
+		return nil
+	}
 	return m.runLocked(req.Name, desc, check, func(ctx context.Context, op *operations.Op) error {
 		if err := m.createInDriver(ctx, rec, drv); err != nil {
 			return err
@@ -190,6 +208,7 @@ func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 		return // keep the record so a later delete can retry
 	}
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
+	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		slog.Error("rollback of failed create", "instance", rec.Name, "err", err)
 	}

@@ -45,6 +45,7 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 	}
 	if rec.Handle != nil {
 		inst.Driver = rec.Handle.Driver
+		inst.ImageFingerprint = rec.Handle.Spec.Image
 	}
 	inst.NICs = m.nicViews(ctx, rec.Name, rec.Desired.Devices)
 	switch {

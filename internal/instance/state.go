@@ -204,6 +204,7 @@ func (m *Manager) delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	m.detachNICs(name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
+	m.unrefImage(rec.Handle.Spec.Image, name)
 	if err := m.store.DeleteInstance(name); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"tandem/internal/errdefs"
 	"tandem/internal/events"
 	"tandem/internal/hostinfo"
+	"tandem/internal/image"
 	"tandem/internal/instance"
 	"tandem/internal/network"
 	"tandem/internal/operations"
@@ -26,7 +27,9 @@ type Server struct {
 	Events     *events.Hub
 	Drivers    *driver.Registry
 	// Networks is nil when networking is off.
-	Networks *network.Manager
+	Networks   *network.Manager
+	Images     *image.Store
+	ImageCache *image.RootfsCache
 	Dir      string
 
 	hostMu   sync.Mutex
@@ -52,6 +55,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /1.0/events", s.streamEvents)
 	mux.HandleFunc("GET /1.0/host", s.getHost)
 	s.registerNetworks(mux)
+	s.registerImages(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -16,15 +16,18 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/fake"
 	"tandem/internal/events"
+	"tandem/internal/image"
 	"tandem/internal/instance"
 	"tandem/internal/operations"
 	"tandem/internal/store"
 )
 
 type testAPI struct {
-	t   *testing.T
-	srv *httptest.Server
-	drv *fake.Driver
+	t      *testing.T
+	srv    *httptest.Server
+	drv    *fake.Driver
+	mgr    *instance.Manager
+	images *image.Store
 }
 
 func newTestAPI(t *testing.T, delay ...time.Duration) *testAPI {
@@ -44,14 +47,19 @@ func newTestAPI(t *testing.T, delay ...time.Duration) *testAPI {
 	reg := driver.NewRegistry()
 	reg.Register("fake", drv, api.TypeContainer, api.TypeVM)
 	mgr := instance.NewManager(st, reg, ops, hub, func() uint64 { return 8 << 30 })
-	s := &Server{Instances: mgr, Operations: ops, Events: hub, Drivers: reg, Dir: dir}
+	images, err := image.Open(filepath.Join(dir, "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { images.Close() })
+	s := &Server{Instances: mgr, Operations: ops, Events: hub, Drivers: reg, Images: images, Dir: dir}
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		srv.Close()
 		ops.Shutdown(5 * time.Second)
 		st.Close()
 	})
-	return &testAPI{t: t, srv: srv, drv: drv}
+	return &testAPI{t: t, srv: srv, drv: drv, mgr: mgr, images: images}
 }
 
 // do sends a request with a raw body and returns the status and body.
@@ -295,4 +303,38 @@ func TestWaitTimeoutAndCancel(t *testing.T) {
 	if a.drv.Count() != 0 {
 		t.Fatal("cancelled create left driver state")
 	}
+}
+
+func TestImageErrors(t *testing.T) {
+	a := newTestAPI(t)
+	a.wantError("POST", "/1.0/images", `{"build":"gentoo"}`, 400, "unknown image builder")
+	a.wantError("POST", "/1.0/images", `{"url":"http://127.0.0.1:1/x.tar"}`, 400, "sha256")
+	a.wantError("POST", "/1.0/images", `{"url":"http://x","build":"busybox"}`, 400, "not both")
+	a.wantError("POST", "/1.0/images", `{}`, 400, "give url")
+	a.wantError("GET", "/1.0/images/nope", "", 404, "not found")
+	a.wantError("DELETE", "/1.0/images/nope", "", 404, "not found")
+	a.wantError("POST", "/1.0/images/aliases", `{"name":"a/b","target":"x"}`, 400, "")
+
+	// A garbage upload becomes a failed operation and leaves no image.
+	req, _ := http.NewRequest("POST", a.srv.URL+"/1.0/images", strings.NewReader("garbage"))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("upload: %d %s", resp.StatusCode, data)
+	}
+	if op := a.wait(data); op.Status != api.OpFailure || !strings.Contains(op.Err, "not an image") {
+		t.Fatalf("garbage import: %+v", op)
+	}
+	_, data = a.do("GET", "/1.0/images", "")
+	if string(bytes.TrimSpace(data)) != "[]" {
+		t.Fatalf("images after a failed import: %s", data)
+	}
+	// Launching from an image that does not exist is a 404 before anything starts.
+	a.mgr.SetImages(a.images)
+	a.wantError("POST", "/1.0/instances", `{"name":"c1","image":"nope"}`, 404, "not found")
 }

@@ -2,6 +2,7 @@ package system
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,9 @@ import (
 // The whole control plane through the CLI, with the fake driver: launch, list in three formats, stop,
 // start, delete, bad input, and a SIGKILL of the daemon in the middle of a slow operation.
 func TestFoundationThroughCLI(t *testing.T) {
+	requireBusybox(t)
 	d := startDaemon(t, "--driver", "fake", "--fake-delay", "400ms", "--network=false")
+	d.must("image", "build", "busybox")
 
 	d.must("launch", "busybox", "c1", "-c", "limits.memory=256MiB")
 	d.must("launch", "busybox", "v1", "--vm", "-c", "limits.cpu=2")
@@ -101,6 +104,54 @@ func TestFoundationThroughCLI(t *testing.T) {
 	d.must("delete", "v1", "--force")
 	if n := len(instances(t, d)); n != 0 {
 		t.Fatalf("%d instances left after delete", n)
+	}
+}
+
+// The image round trip of the images issue: build, export, delete, import back with the same
+// fingerprint, launch from it; and a hostile file leaves nothing behind.
+func TestImageRoundTrip(t *testing.T) {
+	requireBusybox(t)
+	d := startDaemon(t, "--driver", "fake", "--network=false")
+	d.must("image", "build", "busybox")
+	var img api.Image
+	json.Unmarshal([]byte(d.must("image", "info", "busybox", "--format", "json")), &img)
+	if len(img.Fingerprint) != 64 || img.OS != "busybox" {
+		t.Fatalf("built image: %+v", img)
+	}
+	file := filepath.Join(t.TempDir(), "busybox.tar")
+	d.must("image", "export", "busybox", file)
+	d.must("image", "delete", "busybox")
+	if _, _, err := d.tandem("image", "info", img.Fingerprint); err == nil {
+		t.Fatal("deleted image still there")
+	}
+	d.must("image", "import", file, "--alias", "bb")
+	var back api.Image
+	json.Unmarshal([]byte(d.must("image", "info", "bb", "--format", "json")), &back)
+	if back.Fingerprint != img.Fingerprint {
+		t.Fatalf("re-imported fingerprint %s, exported %s", back.Fingerprint, img.Fingerprint)
+	}
+	d.must("launch", "bb", "c1")
+	if _, errOut, err := d.tandem("image", "delete", "bb"); err == nil || !strings.Contains(errOut, "in use") {
+		t.Fatalf("deleting an image in use: %v %s", err, errOut)
+	}
+
+	hostile := filepath.Join(t.TempDir(), "hostile.tar")
+	os.WriteFile(hostile, []byte("not an image at all"), 0o600)
+	if _, errOut, err := d.tandem("image", "import", hostile); err == nil || !strings.Contains(errOut, "Error: ") {
+		t.Fatalf("hostile import: %v %q", err, errOut)
+	}
+	var imgs []api.Image
+	json.Unmarshal([]byte(d.must("image", "list", "--format", "json")), &imgs)
+	if len(imgs) != 1 {
+		t.Fatalf("after a failed import: %d images", len(imgs))
+	}
+}
+
+// requireBusybox skips when busybox-static (which the image builder packs) is absent.
+func requireBusybox(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox-static is not installed (scripts/setup.sh installs it)")
 	}
 }
 
