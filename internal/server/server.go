@@ -30,7 +30,7 @@ type Server struct {
 	Networks   *network.Manager
 	Images     *image.Store
 	ImageCache *image.RootfsCache
-	Dir      string
+	Dir        string
 
 	hostMu   sync.Mutex
 	hostAt   time.Time
