@@ -271,7 +271,7 @@ func TestEvents(t *testing.T) {
 func TestHostInfo(t *testing.T) {
 	_, dir := startFake(t)
 	r := cli(t, dir, false, "host", "info")
-	for _, want := range []string{"Hostname: h1\n", "CPU: 2 cores\n", "Memory: 20 GiB available of 24 GiB\n",
+	for _, want := range []string{"Hostname: h1\n", "CPU: 2 cores\n", "Memory: 20GiB available of 24GiB\n",
 		"KVM: present, not usable (nested virtualisation hangs)\n", "  qemu (vm) 7.2: available\n", "  criu: not found\n"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("host info lacks %q:\n%s", want, r.stdout)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"tandem/internal/units"
 )
 
 // render prints v as JSON or YAML when --format asks for it, and otherwise calls human, which prints
@@ -90,19 +92,5 @@ func formatTime(t time.Time) string {
 	return t.Local().Format("2006-01-02 15:04:05 MST")
 }
 
-// humanBytes prints a size in IEC units with one decimal: 512 MiB, 23.4 GiB.
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	v := float64(n) / float64(div)
-	s := fmt.Sprintf("%.1f", v)
-	s = strings.TrimSuffix(s, ".0")
-	return s + " " + string("KMGTPE"[exp]) + "iB"
-}
+// humanBytes prints a size in IEC units: 512MiB, 23.4GiB.
+func humanBytes(n uint64) string { return units.FormatSize(n) }

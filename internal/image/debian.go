@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 	"tandem/internal/progress"
 )
 
@@ -252,7 +253,7 @@ func lockRootPassword(shadow string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(shadow, []byte(strings.Join(lines, "\n")), fi.Mode().Perm())
+	return fsutil.WriteFileAtomic(shadow, []byte(strings.Join(lines, "\n")), fi.Mode().Perm())
 }
 
 // mountsBelow lists mount points at or under dir, deepest first.

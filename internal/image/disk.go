@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 	"tandem/internal/progress"
 )
 
@@ -107,7 +108,7 @@ func BuildRootDisk(ctx context.Context, rootfsDir, out string, sizeBytes int64) 
 		}
 	}
 	progress.Report(ctx, 100, "root disk ready")
-	return disk, syncDir(filepath.Dir(disk.Path))
+	return disk, fsutil.SyncDir(filepath.Dir(disk.Path))
 }
 
 // autoDiskSize is the tree's allocated size plus a quarter and 256 MiB: room for the journal,

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 	"tandem/internal/progress"
 )
 
@@ -173,13 +174,13 @@ func (s *Store) commit(stage string, img *Image, aliases []string) error {
 		next[a] = img.Fingerprint
 	}
 	dst := s.imageDir(img.Fingerprint)
-	if err := syncDir(stage); err != nil {
+	if err := fsutil.SyncDir(stage); err != nil {
 		return err
 	}
 	if err := os.Rename(stage, dst); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Join(s.root, imagesDir)); err != nil {
+	if err := fsutil.SyncDir(filepath.Join(s.root, imagesDir)); err != nil {
 		return err
 	}
 	rec := *img
@@ -297,5 +298,5 @@ func (s *Store) ExtractDisk(ctx context.Context, ref, out string) (string, error
 	if err := os.Rename(tmp, out); err != nil {
 		return "", err
 	}
-	return img.DiskFormat, syncDir(filepath.Dir(out))
+	return img.DiskFormat, fsutil.SyncDir(filepath.Dir(out))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // GuestDir is where scripts/setup.sh puts the guest kernel (vmlinux, vmlinuz) and lib/modules.
@@ -263,7 +264,7 @@ func BuildInitramfs(ctx context.Context, out, kernelModulesDir string, modules [
 	if err := os.Rename(tmp, out); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(out))
+	return fsutil.SyncDir(filepath.Dir(out))
 }
 
 // initramfsInit is /init. It must never exit (the kernel panics), so every path ends in an exec.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // Image is the store's record of one image.
@@ -267,7 +268,7 @@ func (s *Store) Delete(ref string) error {
 		return err
 	}
 	delete(s.images, fp)
-	if err := syncDir(filepath.Join(s.root, imagesDir)); err != nil {
+	if err := fsutil.SyncDir(filepath.Join(s.root, imagesDir)); err != nil {
 		slog.Warn("image: fsync after delete", "err", err)
 	}
 	if err := os.RemoveAll(trash); err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // UnpackOptions bound and tune Unpack.
@@ -76,7 +77,7 @@ func Unpack(ctx context.Context, r io.Reader, target string, opts UnpackOptions)
 		}
 		return fmt.Errorf("rename %s to %s: %w", tmp, target, err)
 	}
-	return syncDir(filepath.Dir(target))
+	return fsutil.SyncDir(filepath.Dir(target))
 }
 
 func syncFS(dir string) error {
