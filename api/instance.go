@@ -98,3 +98,14 @@ type InstanceStatePut struct {
 	Force    bool `json:"force,omitempty"`
 	Stateful bool `json:"stateful,omitempty"`
 }
+
+// InstanceExecPost is the body of POST /1.0/instances/NAME/exec. The request must ask to upgrade the
+// connection to a tandem-stream, over which stdin, stdout, stderr and the exit code travel.
+type InstanceExecPost struct {
+	Command     []string          `json:"command"`
+	Environment map[string]string `json:"environment,omitempty"`
+	Cwd         string            `json:"cwd,omitempty"`
+	Interactive bool              `json:"interactive,omitempty"` // a terminal
+	Rows        uint16            `json:"rows,omitempty"`
+	Cols        uint16            `json:"cols,omitempty"`
+}

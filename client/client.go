@@ -176,7 +176,8 @@ func (c *Client) sendRaw(ctx context.Context, method, u string, body io.Reader, 
 	if err != nil {
 		return nil, c.transportError(ctx, err)
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	// 101: the connection now carries an exec or console stream (resp.Body reads and writes it).
+	if resp.StatusCode != http.StatusSwitchingProtocols && (resp.StatusCode < 200 || resp.StatusCode > 299) {
 		defer resp.Body.Close()
 		return nil, statusError(resp)
 	}

@@ -15,6 +15,7 @@ import (
 
 // app holds what every command shares: the global flags, the output writers and the client.
 type app struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	dir            string
 	format         string

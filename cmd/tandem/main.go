@@ -23,7 +23,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	// After the first signal, restore the default handling so that a second Ctrl-C kills at once.
 	go func() { <-ctx.Done(); stop() }()
-	return execute(ctx, newApp(stdout, stderr), args)
+	a := newApp(stdout, stderr)
+	a.stdin = os.Stdin
+	return execute(ctx, a, args)
 }
 
 // execute runs one command line and turns its outcome into an exit code, printing any error as a
@@ -32,6 +34,10 @@ func execute(ctx context.Context, a *app, args []string) int {
 	root := newRootCmd(a)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var exit *exitCodeError
+		if errors.As(err, &exit) {
+			return exit.code // a command run by exec ended that way; it said what it had to say
+		}
 		fmt.Fprintln(a.stderr, "Error: "+oneLine(err))
 		return 1
 	}

@@ -56,6 +56,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /1.0/host", s.getHost)
 	s.registerNetworks(mux)
 	s.registerImages(mux)
+	s.registerExec(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -1,7 +1,11 @@
 package system
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +58,26 @@ func TestFoundationThroughCLI(t *testing.T) {
 	if got := strings.TrimSpace(d.must("config", "get", "c1", "user.owner")); got != "ops" {
 		t.Fatalf("config get: %q", got)
 	}
+
+	// exec passes output, stdin and exit codes through; console shows what the instance prints.
+	if out := d.must("exec", "c1", "--", "echo", "hello", "world"); out != "hello world\n" {
+		t.Fatalf("exec echo: %q", out)
+	}
+	for _, code := range []int{0, 1, 42} {
+		_, _, err := d.tandem("exec", "c1", "--", "exit", fmt.Sprint(code))
+		if got := exitCode(err); got != code {
+			t.Fatalf("exec exit %d: got %d (%v)", code, got, err)
+		}
+	}
+	cat := exec.Command(filepath.Join(binaries(t), "tandem"), "--dir", d.dir, "exec", "v1", "--", "cat")
+	cat.Stdin = strings.NewReader("piped through\n")
+	if out, err := cat.Output(); err != nil || string(out) != "piped through\n" {
+		t.Fatalf("exec stdin: %q %v", out, err)
+	}
+	if out := d.must("console", "c1", "--show-log"); !strings.Contains(out, "fake console of c1") {
+		t.Fatalf("console log: %q", out)
+	}
+	attachConsoleAndType(t, d, "c1")
 
 	// Bad input: one clear line, non-zero exit, nothing changed.
 	for _, args := range [][]string{
@@ -153,6 +177,63 @@ func requireBusybox(t *testing.T) {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("busybox-static is not installed (scripts/setup.sh installs it)")
 	}
+}
+
+// attachConsoleAndType types into an instance's console, waits for the echo, then detaches.
+func attachConsoleAndType(t *testing.T, d *daemonHarness, name string) {
+	t.Helper()
+	console := exec.Command(filepath.Join(binaries(t), "tandem"), "--dir", d.dir, "console", name)
+	stdin, _ := console.StdinPipe()
+	stdout, _ := console.StdoutPipe()
+	if err := console.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer console.Process.Kill()
+	io.WriteString(stdin, "typed\n")
+	seen := make(chan string, 1)
+	go func() {
+		var got []byte
+		buf := make([]byte, 4096)
+		for !bytes.Contains(got, []byte("typed")) {
+			n, err := stdout.Read(buf)
+			if err != nil {
+				break
+			}
+			got = append(got, buf[:n]...)
+		}
+		seen <- string(got)
+	}()
+	select {
+	case got := <-seen:
+		if !strings.Contains(got, "typed") {
+			t.Fatalf("console never echoed: %q", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("console: no echo within 20s")
+	}
+	io.WriteString(stdin, "\x01q") // detach
+	done := make(chan error, 1)
+	go func() { done <- console.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("console detach: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("console did not detach on Ctrl-a q")
+	}
+}
+
+// exitCode is the exit status of a finished command (0 when err is nil).
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }
 
 func instances(t *testing.T, d *daemonHarness) []api.Instance {

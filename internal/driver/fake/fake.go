@@ -57,7 +57,7 @@ func New(opts Options) (*Driver, error) {
 
 func (d *Driver) Info(ctx context.Context) driver.Info {
 	return driver.Info{Name: "fake", Version: "1", Available: true,
-		Capabilities: []string{driver.CapPause, driver.CapStats}}
+		Capabilities: []string{driver.CapPause, driver.CapStats, driver.CapExec, driver.CapConsole}}
 }
 
 func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle, error) {

@@ -1,0 +1,39 @@
+package driver
+
+import (
+	"context"
+	"io"
+)
+
+// TermSize is a terminal's size.
+type TermSize struct {
+	Rows, Cols uint16
+}
+
+// ExecRequest is a command to run inside a running instance.
+type ExecRequest struct {
+	Cmd []string
+	Env []string // KEY=VALUE, added to the instance's environment
+	Cwd string   // default "/"
+	// TTY runs the command on a terminal: Stdout gets its output (stderr included), Stdin is typed
+	// into it, Resize changes its size.
+	TTY    bool
+	Size   TermSize
+	Resize <-chan TermSize
+	Stdin  io.Reader // nil: empty
+	Stdout io.Writer // nil: discarded
+	Stderr io.Writer // nil: discarded (unused with TTY)
+}
+
+// Execer runs commands in running instances. The exit code is the command's (128+n if signal n
+// killed it); err is set only when the command could not be run.
+type Execer interface {
+	Exec(ctx context.Context, h *Handle, req ExecRequest) (exitCode int, err error)
+}
+
+// Consoler attaches to an instance's console (a container's init terminal, a VM's serial port).
+type Consoler interface {
+	Console(ctx context.Context, h *Handle) (io.ReadWriteCloser, error)
+	// ConsoleLog returns what the console printed so far, kept by the daemon side.
+	ConsoleLog(ctx context.Context, h *Handle) (io.ReadCloser, error)
+}
