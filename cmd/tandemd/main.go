@@ -11,9 +11,13 @@ import (
 	"syscall"
 
 	"tandem/internal/daemon"
+	"tandem/internal/driver/container"
 )
 
 func main() {
+	// A container's shim is this binary re-executed: it must take over before anything else runs.
+	container.MaybeRunShim()
+
 	var cfg daemon.Config
 	var logLevel string
 	flag.StringVar(&cfg.Dir, "dir", envOr("TANDEM_DIR", "/var/lib/tandem"), "state directory of this host (several daemons need several dirs)")
@@ -22,6 +26,7 @@ func main() {
 	flag.DurationVar(&cfg.FakeDelay, "fake-delay", 0, "with --driver=fake, how long create/start/stop take")
 	flag.BoolVar(&cfg.Networking, "network", true, "manage networks (bridges, NAT, DHCP, DNS)")
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
+	idBase := flag.Uint("idmap-base", 1000000, "first host uid/gid of the ranges given to unprivileged containers")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -29,6 +34,7 @@ func main() {
 		os.Exit(2)
 	}
 
+	cfg.IDMapBase = uint32(*idBase)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		fmt.Fprintf(os.Stderr, "tandemd: bad --log-level %q\n", logLevel)

@@ -16,8 +16,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"tandem/internal/driver"
-	"tandem/internal/driver/fake"
 	"tandem/internal/events"
 	"tandem/internal/hostinfo"
 	"tandem/internal/image"
@@ -40,6 +38,8 @@ type Config struct {
 	// instance without a NIC an eth0 on it.
 	Networking     bool
 	DefaultNetwork bool
+	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
+	IDMapBase uint32
 }
 
 // SocketPath is where the API's unix socket lives in a daemon dir.
@@ -59,8 +59,13 @@ func RunDir(dir string) string {
 
 // Run serves until ctx is cancelled, then shuts down cleanly. Instances keep running.
 func Run(ctx context.Context, cfg Config) error {
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	// 0711: unprivileged container roots (unmapped uids) must be able to traverse to their rootfs;
+	// nothing in the dir is listable or readable by others.
+	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
+	}
+	if err := os.Chmod(cfg.Dir, 0o711); err != nil {
+		return err
 	}
 	// The socket path must fit a sockaddr_un.
 	if len(SocketPath(cfg.Dir)) > 107 {
@@ -86,17 +91,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	drivers, err := registerDrivers(cfg, imageCache)
+	networks, err := startNetworks(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	drivers, err := registerDrivers(cfg, imageCache, networks)
 	if err != nil {
 		return err
 	}
 	hostMemory := func() uint64 { total, _ := hostinfo.Memory(); return total }
 	instances := instance.NewManager(st, drivers, ops, hub, hostMemory)
 	instances.SetImages(images)
-	networks, err := startNetworks(ctx, cfg)
-	if err != nil {
-		return err
-	}
 	if networks != nil {
 		defaultNet := ""
 		if cfg.DefaultNetwork {
@@ -171,23 +176,6 @@ func startNetworks(ctx context.Context, cfg Config) (*network.Manager, error) {
 		}
 	}
 	return nm, nil
-}
-
-func registerDrivers(cfg Config, images driver.Images) (*driver.Registry, error) {
-	reg := driver.NewRegistry()
-	switch cfg.Driver {
-	case "fake":
-		d, err := fake.New(fake.Options{Dir: filepath.Join(cfg.Dir, "fake"), Delay: cfg.FakeDelay})
-		if err != nil {
-			return nil, err
-		}
-		reg.Register("fake", d, "container", "vm")
-	case "auto", "":
-		// The container and VM drivers register here as they land.
-	default:
-		return nil, fmt.Errorf("unknown driver setting %q (want auto or fake)", cfg.Driver)
-	}
-	return reg, nil
 }
 
 // listenUnix serves on a root-only socket, replacing a stale one. The state file's lock, taken before

@@ -16,14 +16,7 @@ type Networks interface {
 	Attach(ctx context.Context, network, instance, nic string, opts network.AttachOptions) (network.Lease, error)
 	Detach(ctx context.Context, network, instance, nic string) error
 	Lease(ctx context.Context, network, instance, nic string) (network.Lease, error)
-}
-
-// nicNetwork returns the network a nic device is on.
-func nicNetwork(dev map[string]string) string {
-	if n := dev["network"]; n != "" {
-		return n
-	}
-	return network.DefaultName
+	Unplug(ctx context.Context, network, instance, nic string) error
 }
 
 func isNIC(dev map[string]string) bool { return dev["type"] == "nic" }
@@ -62,7 +55,7 @@ func (m *Manager) attachNICs(ctx context.Context, instance string, old, want map
 			m.detachNICs(instance, want, done)
 			return errdefs.Unavailable("networking is disabled on this host: device %q cannot be added", name)
 		}
-		_, err := m.networks.Attach(ctx, nicNetwork(dev), instance, name, network.AttachOptions{
+		_, err := m.networks.Attach(ctx, network.DeviceNetwork(dev), instance, name, network.AttachOptions{
 			MAC: dev["hwaddr"], IPv4: dev["ipv4.address"], Ingress: dev["limits.ingress"], Egress: dev["limits.egress"],
 		})
 		if err != nil {
@@ -92,8 +85,21 @@ func (m *Manager) detachNICs(instance string, devices map[string]map[string]stri
 	}
 	ctx := context.Background()
 	for _, name := range names {
-		if err := m.networks.Detach(ctx, nicNetwork(devices[name]), instance, name); err != nil {
+		if err := m.networks.Detach(ctx, network.DeviceNetwork(devices[name]), instance, name); err != nil {
 			slog.Error("release NIC address", "instance", instance, "nic", name, "err", err)
+		}
+	}
+}
+
+// unplugNICs takes the host side of every NIC off its bridge once the instance has stopped (the
+// driver plugs them at start, when the namespace or tap can exist).
+func (m *Manager) unplugNICs(ctx context.Context, instance string, devices map[string]map[string]string) {
+	if m.networks == nil {
+		return
+	}
+	for _, name := range allNICs(devices) {
+		if err := m.networks.Unplug(ctx, network.DeviceNetwork(devices[name]), instance, name); err != nil {
+			slog.Warn("unplug NIC", "instance", instance, "nic", name, "err", err)
 		}
 	}
 }
@@ -102,7 +108,7 @@ func (m *Manager) detachNICs(instance string, devices map[string]map[string]stri
 func removedNICs(old, want map[string]map[string]string) []string {
 	var out []string
 	for name, dev := range old {
-		if isNIC(dev) && (want[name] == nil || nicNetwork(want[name]) != nicNetwork(dev)) {
+		if isNIC(dev) && (want[name] == nil || network.DeviceNetwork(want[name]) != network.DeviceNetwork(dev)) {
 			out = append(out, name)
 		}
 	}
@@ -119,7 +125,7 @@ func (m *Manager) nicViews(ctx context.Context, instance string, devices map[str
 		if !isNIC(dev) {
 			continue
 		}
-		nic := api.NIC{Name: name, Network: nicNetwork(dev)}
+		nic := api.NIC{Name: name, Network: network.DeviceNetwork(dev)}
 		if l, err := m.networks.Lease(ctx, nic.Network, instance, name); err == nil {
 			nic.MAC, nic.IPv4 = l.MAC, l.IPv4.String()
 		}

@@ -54,6 +54,8 @@ func (f *fakeNetworks) Lease(ctx context.Context, net, inst, nic string) (networ
 	return l, nil
 }
 
+func (f *fakeNetworks) Unplug(ctx context.Context, net, inst, nic string) error { return nil }
+
 func (f *fakeNetworks) keys() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -127,6 +127,7 @@ func (m *Manager) stop(ctx context.Context, name string, opts driver.StopOpts) e
 		m.setDesired(name, prev)
 		return fmt.Errorf("stop %s: %w", name, err)
 	}
+	m.unplugNICs(context.WithoutCancel(ctx), name, rec.Desired.Devices)
 	m.hub.Lifecycle("instance-stopped", name)
 	return nil
 }

@@ -181,3 +181,11 @@ func (m *Manager) commit(ctx context.Context, old, ns *state) error {
 
 // portsChanged says whether the nft rules, which cover plugged NICs only, need rewriting.
 func portsChanged(a, b *state) bool { return nftRuleset(a) != nftRuleset(b) }
+
+// DeviceNetwork is the network a nic device is on: its "network" key, or the default network.
+func DeviceNetwork(dev map[string]string) string {
+	if n := dev["network"]; n != "" {
+		return n
+	}
+	return DefaultName
+}

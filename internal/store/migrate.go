@@ -16,6 +16,7 @@ import (
 var migrations = []func(*bolt.Tx) error{
 	migrateCreateV1,
 	migrateSplitDesiredObservedV2,
+	migrateRemotesAndTokensV3,
 }
 
 // CurrentSchema is the schema version this build writes.
@@ -106,6 +107,16 @@ func migrateSplitDesiredObservedV2(tx *bolt.Tx) error {
 	// bbolt forbids writes during ForEach; apply after.
 	for k, v := range updated {
 		if err := b.Put([]byte(k), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Version 3: remotes this host trusts to call, and one-time join tokens it has issued.
+func migrateRemotesAndTokensV3(tx *bolt.Tx) error {
+	for _, b := range [][]byte{bucketRemotes, bucketTokens} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
 	}

@@ -78,26 +78,20 @@ func (t Trusted) Contains(der []byte) bool {
 	return err == nil
 }
 
-// Add trusts a DER certificate.
-func (t Trusted) Add(der []byte) error {
-	if err := os.MkdirAll(t.Dir, 0o700); err != nil {
-		return err
-	}
-	pemData := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return fsutil.WriteFileAtomic(filepath.Join(t.Dir, Fingerprint(der)+".crt"), pemData, 0o600)
-}
+func writeCert(path string, pemData []byte) error { return fsutil.WriteFileAtomic(path, pemData, 0o600) }
 
-// ServerConfig is a TLS config that presents cert and admits only trusted client certificates.
+// ServerConfig is a TLS config that presents cert and asks every client for a certificate. Whether
+// that certificate is trusted is checked per request (IsTrusted): an untrusted client may still present
+// a join token, and nothing else.
 func (t Trusted) ServerConfig(cert tls.Certificate) *tls.Config {
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS13,
 		ClientAuth:   tls.RequireAnyClientCert,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 || !t.Contains(raw[0]) {
-				return errors.New("client certificate is not trusted")
-			}
-			return nil
-		},
 	}
+}
+
+// IsTrusted reports whether a TLS peer presented a trusted certificate.
+func (t Trusted) IsTrusted(state *tls.ConnectionState) bool {
+	return state != nil && len(state.PeerCertificates) > 0 && t.Contains(state.PeerCertificates[0].Raw)
 }

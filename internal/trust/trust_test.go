@@ -1,7 +1,6 @@
 package trust
 
 import (
-	"crypto/tls"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -9,9 +8,9 @@ import (
 	"testing"
 )
 
-func TestMutualTLS(t *testing.T) {
+func TestPinnedMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	serverCert, err := EnsureKeyPair(filepath.Join(dir), "host1")
+	serverCert, err := EnsureKeyPair(dir, "host1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,26 +18,63 @@ func TestMutualTLS(t *testing.T) {
 	if Fingerprint(again.Certificate[0]) != Fingerprint(serverCert.Certificate[0]) {
 		t.Fatal("key pair regenerated on second load")
 	}
-	clientCert, _ := EnsureKeyPair(filepath.Join(t.TempDir()), "client")
+	clientCert, _ := EnsureKeyPair(t.TempDir(), "client")
 	trusted := Trusted{Dir: filepath.Join(dir, "trust")}
 
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !trusted.IsTrusted(r.TLS) {
+			http.Error(w, "untrusted", http.StatusForbidden)
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
 	srv.TLS = trusted.ServerConfig(serverCert)
 	srv.StartTLS()
 	defer srv.Close()
-	client := func() *http.Client {
-		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			Certificates: []tls.Certificate{clientCert}, InsecureSkipVerify: true}}}
+	get := func(pin string) (int, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: PinnedClientConfig(clientCert, pin)}}
+		resp, err := c.Get(srv.URL)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
 	}
-	if _, err := client().Get(srv.URL); err == nil {
-		t.Fatal("untrusted client got in")
+	serverFP := Fingerprint(serverCert.Certificate[0])
+	if code, _ := get(serverFP); code != http.StatusForbidden {
+		t.Fatalf("untrusted client: %d", code)
 	}
-	if err := trusted.Add(clientCert.Certificate[0]); err != nil {
+	if err := trusted.AddNamed(clientCert.Certificate[0], "client"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := client().Get(srv.URL)
-	if err != nil {
-		t.Fatalf("trusted client refused: %v", err)
+	if code, err := get(serverFP); code != http.StatusOK {
+		t.Fatalf("trusted client: %d %v", code, err)
 	}
-	resp.Body.Close()
+	if _, err := get(Fingerprint(clientCert.Certificate[0])); err == nil {
+		t.Fatal("a server with the wrong fingerprint was accepted")
+	}
+	list, _ := trusted.List()
+	if len(list) != 1 || list[0].Name != "client" {
+		t.Fatalf("list: %+v", list)
+	}
+	if _, err := trusted.Remove(list[0].Fingerprint[:12]); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get(serverFP); code != http.StatusForbidden {
+		t.Fatalf("revoked client: %d", code)
+	}
+}
+
+func TestToken(t *testing.T) {
+	secret, hash := NewSecret()
+	tok := JoinToken{Secret: secret, Fingerprint: HashSecret("x"), Addresses: []string{"10.0.0.1:8443"}}
+	back, err := DecodeToken(tok.Encode())
+	if err != nil || back.Secret != secret || HashSecret(back.Secret) != hash {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	for _, bad := range []string{"", "!!!", "eyJ9", JoinToken{Secret: "s"}.Encode()} {
+		if _, err := DecodeToken(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
 }

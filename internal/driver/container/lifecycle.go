@@ -1,0 +1,229 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"tandem/internal/driver"
+	"tandem/internal/driver/container/runc"
+	"tandem/internal/errdefs"
+	"tandem/internal/progress"
+)
+
+// defaultStopTimeout is the graceful budget when StopOpts gives none.
+const defaultStopTimeout = 30 * time.Second
+
+// State maps runc's view: running, paused (or pausing) as such; created (a start cut short),
+// stopped and unknown-to-runc as Stopped; no bundle as Gone.
+func (d *Driver) State(ctx context.Context, h *driver.Handle) (driver.Status, error) {
+	st, err := d.load(h.ID)
+	if err != nil {
+		return "", err
+	}
+	if st == nil {
+		return driver.StatusGone, nil
+	}
+	rs, err := d.runc.State(ctx, h.ID)
+	if errors.Is(err, runc.ErrNotExist) {
+		return driver.StatusStopped, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	switch rs.Status {
+	case runc.StatusRunning:
+		return driver.StatusRunning, nil
+	case runc.StatusPaused, "pausing":
+		return driver.StatusPaused, nil
+	}
+	return driver.StatusStopped, nil
+}
+
+// Start boots the container (or restores it, after a stateful stop): the shim runs `runc create`,
+// the network namespace is bind-mounted and handed to PrepareNetwork, then `runc start` runs init.
+func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
+	if err := d.available(); err != nil {
+		return err
+	}
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return err
+	}
+	if status, err := d.State(ctx, h); err != nil {
+		return err
+	} else if status == driver.StatusRunning || status == driver.StatusPaused {
+		return errdefs.Conflict("container %s is already %s", h.ID, status)
+	}
+	// What a previous run left (a created-but-not-started container, a netns, sockets).
+	if err := d.cleanupRuntime(ctx, h.ID); err != nil {
+		return err
+	}
+	p := d.paths(h.ID)
+	if err := os.MkdirAll(p.run, 0o700); err != nil {
+		return err
+	}
+	progress.Report(ctx, 10, "writing container config")
+	if err := d.writeConfig(&h.Spec, st, d.lxcfsDir(ctx)); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if cerr := d.cleanupRuntime(cctx, h.ID); cerr != nil {
+				slog.Error("clean up after a failed start", "container", h.ID, "err", cerr)
+			}
+		}
+	}()
+	if st.Checkpoint {
+		return d.restore(ctx, h, st)
+	}
+	progress.Report(ctx, 30, "creating container")
+	pid, err := d.startShim(ctx, h, p, d.runc.CreateArgs(h.ID, p.bundle, p.initPid, p.consoleSock))
+	if err != nil {
+		return fmt.Errorf("create container: %w", err)
+	}
+	if err := bindNetns(pid, p.netns); err != nil {
+		return err
+	}
+	if d.opts.PrepareNetwork != nil {
+		if err := d.opts.PrepareNetwork(ctx, h, p.netns); err != nil {
+			return fmt.Errorf("prepare network: %w", err)
+		}
+	}
+	progress.Report(ctx, 70, "starting init")
+	if err := d.runc.Start(ctx, h.ID); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Stop shuts the container down: init gets the image's shutdown signal (busybox: SIGUSR2 is
+// poweroff; systemd: SIGRTMIN+3), then SIGKILL after the timeout; Force kills at once; Stateful
+// checkpoints it with CRIU so that the next Start restores it. The runc container, its cgroup
+// and the network namespace are then removed; the bundle stays.
+func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpts) error {
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return err
+	}
+	rs, err := d.runc.State(ctx, h.ID)
+	if errors.Is(err, runc.ErrNotExist) || err == nil && (rs.Status == runc.StatusStopped || rs.Status == runc.StatusCreated) {
+		if err := d.cleanupRuntime(ctx, h.ID); err != nil {
+			return err
+		}
+		return driver.ErrNotRunning
+	}
+	if err != nil {
+		return err
+	}
+	if opts.Stateful {
+		return d.checkpoint(ctx, h, st, CheckpointOpts{TCPEstablished: true})
+	}
+	if rs.Status != runc.StatusRunning { // a frozen init can neither handle a signal nor die
+		if err := d.runc.Resume(ctx, h.ID); err != nil {
+			return err
+		}
+	}
+	if !opts.Force {
+		timeout := opts.Timeout
+		if timeout <= 0 {
+			timeout = defaultStopTimeout
+		}
+		sig, err := parseSignal(st.ShutdownSignal)
+		if err != nil {
+			return err
+		}
+		progress.Report(ctx, 10, "asking init to shut down")
+		// Repeated: an init that has not set up its handlers yet (just started) ignores the
+		// signal, as a namespace's PID 1 does with any signal it does not handle.
+		for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+			if err := d.runc.Kill(ctx, h.ID, strconv.Itoa(int(sig))); err != nil {
+				if waitPidExit(rs.Pid, 0) {
+					break // it ended meanwhile ("container not running")
+				}
+				return err
+			}
+			if waitCtx(ctx, rs.Pid, min(2*time.Second, time.Until(deadline))) {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+	}
+	if !waitPidExit(rs.Pid, 0) {
+		progress.Report(ctx, 60, "killing")
+		if err := d.runc.Kill(ctx, h.ID, "KILL"); err != nil && !waitPidExit(rs.Pid, 0) {
+			return err
+		}
+		if !waitCtx(ctx, rs.Pid, 10*time.Second) {
+			return fmt.Errorf("container %s: init (pid %d) did not die after SIGKILL", h.ID, rs.Pid)
+		}
+	}
+	return d.cleanupRuntime(ctx, h.ID)
+}
+
+// waitCtx waits for pid to exit for at most d or until ctx ends; it reports whether it exited.
+func waitCtx(ctx context.Context, pid int, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		d = time.Until(dl)
+	}
+	return waitPidExit(pid, d)
+}
+
+// cleanupRuntime removes what a stopped container leaves: runc's state and cgroup, the shim
+// (it exits by itself when init is gone), the network namespace mount and the run files. The
+// console log (in the bundle) stays.
+func (d *Driver) cleanupRuntime(ctx context.Context, id string) error {
+	p := d.paths(id)
+	if err := d.runc.Delete(ctx, id, true); err != nil {
+		return err
+	}
+	waitShimExit(p, 3*time.Second)
+	if err := unmountNetns(p.netns); err != nil {
+		return err
+	}
+	for _, f := range []string{p.initPid, p.consoleSock, p.attachSock, p.seccompSock, p.shimConfig, p.shimPid} {
+		os.Remove(f)
+	}
+	return nil
+}
+
+// Recover re-attaches after a daemon restart. A running container needs nothing from the daemon
+// (its shim holds the console and reaps init); what a container that ended meanwhile left is
+// cleaned up; a missing network namespace mount of a running container is restored.
+func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
+	st, err := d.load(h.ID)
+	if err != nil || st == nil {
+		return err
+	}
+	data, _ := os.ReadFile(d.paths(h.ID).state)
+	h.DriverState = data
+	rs, err := d.runc.State(ctx, h.ID)
+	if errors.Is(err, runc.ErrNotExist) {
+		return d.cleanupRuntime(ctx, h.ID)
+	}
+	if err != nil {
+		return err
+	}
+	switch rs.Status {
+	case runc.StatusRunning, runc.StatusPaused, "pausing":
+		p := d.paths(h.ID)
+		if !isNetns(p.netns) {
+			if err := bindNetns(rs.Pid, p.netns); err != nil {
+				return err
+			}
+		}
+		if shimPid(p) == 0 {
+			slog.Warn("container runs but its shim is gone: no console until it restarts", "container", h.ID)
+		}
+		return nil
+	}
+	return d.cleanupRuntime(ctx, h.ID)
+}

@@ -1,0 +1,119 @@
+package container
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"tandem/internal/driver"
+)
+
+// The network namespace runc creates for a container is bind-mounted at <run>/netns while the
+// container runs: tandem holds it by path (for the network driver to move a veth in, for `ip
+// netns`-style tools via nsenter --net=PATH) and removes it when the container stops.
+
+// bindNetns bind-mounts the network namespace of pid at target.
+func bindNetns(pid int, target string) error {
+	if err := unmountNetns(target); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o444)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	src := fmt.Sprintf("/proc/%d/ns/net", pid)
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(target)
+		return fmt.Errorf("bind-mount network namespace %s: %w", src, err)
+	}
+	return nil
+}
+
+// unmountNetns undoes bindNetns; it is a no-op when nothing is there.
+func unmountNetns(target string) error {
+	for i := 0; i < 8; i++ { // stacked mounts, if a crash left more than one
+		err := unix.Unmount(target, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("unmount network namespace %s: %w", target, err)
+		}
+	}
+	if err := os.Remove(target); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+// isNetns reports whether path is a network namespace bind mount.
+func isNetns(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
+}
+
+// NetnsPath returns the path of a running container's network namespace, or "" when it does not
+// run. The networking layer moves a veth in with `ip link set DEV netns PATH`.
+func (d *Driver) NetnsPath(h *driver.Handle) string {
+	p := d.paths(h.ID).netns
+	if isNetns(p) {
+		return p
+	}
+	return ""
+}
+
+// loopbackUp brings lo up in the network namespace at path. CRIU 4.1.1 restores a runc container
+// into a fresh network namespace without its links' state (see checkpoint.go), so after a restore
+// lo is down and loopback traffic inside fails. It runs on a locked OS thread that joins the
+// namespace and then returns to the daemon's.
+func loopbackUp(path string) error {
+	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(target)
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		defer unix.Close(self)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- err
+			return
+		}
+		err = setLinkUp("lo")
+		if unix.Setns(self, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread() // back home; otherwise the thread dies with the goroutine
+		}
+		done <- err
+	}()
+	return <-done
+}
+
+// setLinkUp sets IFF_UP on a link of the calling thread's network namespace.
+func setLinkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
