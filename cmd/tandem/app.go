@@ -156,6 +156,15 @@ func minArgs(n int) cobra.PositionalArgs {
 	}
 }
 
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < lo || len(args) > hi {
+			return usageError(cmd, args)
+		}
+		return nil
+	}
+}
+
 func usageError(cmd *cobra.Command, args []string) error {
 	return fmt.Errorf("wrong number of arguments (%d); usage: %s", len(args), strings.TrimSuffix(cmd.UseLine(), " [flags]"))
 }

@@ -113,7 +113,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("recover instances: %w", err)
 	}
 
-	srv := &server.Server{Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks,
+	host, _ := os.Hostname()
+	cert, err := trust.EnsureKeyPair(cfg.Dir, host)
+	if err != nil {
+		return err
+	}
+	trusted := trust.Trusted{Dir: filepath.Join(cfg.Dir, "trust")}
+	var addrs []string
+	if cfg.Listen != "" {
+		addrs = append(addrs, cfg.Listen)
+	}
+	srv := &server.Server{Trust: server.Trust{Store: st, Trusted: trusted, Cert: cert, Addresses: addrs},
+		Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks,
 		Images: images, ImageCache: imageCache, Dir: cfg.Dir}
 	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
@@ -133,7 +144,7 @@ func Run(ctx context.Context, cfg Config) error {
 	slog.Info("tandemd serving", "socket", SocketPath(cfg.Dir), "drivers", drivers.Names())
 
 	if cfg.Listen != "" {
-		tlsL, err := listenTLS(cfg)
+		tlsL, err := listenTLS(cfg.Listen, trusted.ServerConfig(cert))
 		if err != nil {
 			return err
 		}
@@ -195,16 +206,10 @@ func listenUnix(path string) (net.Listener, error) {
 	return l, nil
 }
 
-func listenTLS(cfg Config) (net.Listener, error) {
-	host, _ := os.Hostname()
-	cert, err := trust.EnsureKeyPair(cfg.Dir, host)
+func listenTLS(addr string, tc *tls.Config) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	l, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	tc := trust.Trusted{Dir: filepath.Join(cfg.Dir, "trust")}.ServerConfig(cert)
 	return tls.NewListener(l, tc), nil
 }

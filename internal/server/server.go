@@ -30,6 +30,7 @@ type Server struct {
 	Networks   *network.Manager
 	Images     *image.Store
 	ImageCache *image.RootfsCache
+	Trust      Trust
 	Dir        string
 
 	hostMu   sync.Mutex
@@ -57,10 +58,11 @@ func (s *Server) Handler() http.Handler {
 	s.registerNetworks(mux)
 	s.registerImages(mux)
 	s.registerExec(mux)
+	s.registerTrust(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-	return mux
+	return s.authorize(mux)
 }
 
 func (s *Server) getRoot(w http.ResponseWriter, r *http.Request) {

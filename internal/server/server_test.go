@@ -20,6 +20,7 @@ import (
 	"tandem/internal/instance"
 	"tandem/internal/operations"
 	"tandem/internal/store"
+	"tandem/internal/trust"
 )
 
 type testAPI struct {
@@ -337,4 +338,48 @@ func TestImageErrors(t *testing.T) {
 	// Launching from an image that does not exist is a 404 before anything starts.
 	a.mgr.SetImages(a.images)
 	a.wantError("POST", "/1.0/instances", `{"name":"c1","image":"nope"}`, 404, "not found")
+}
+
+// Over TLS only trusted certificates get in, except to present a join token; the unix socket
+// (root only) is the local administrator.
+func TestTLSAuthorization(t *testing.T) {
+	a := newTestAPI(t)
+	dir := t.TempDir()
+	serverCert, err := trust.EnsureKeyPair(t.TempDir(), "host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, _ := trust.EnsureKeyPair(t.TempDir(), "client")
+	trusted := trust.Trusted{Dir: filepath.Join(dir, "trust")}
+	s := &Server{Instances: a.mgr, Operations: nil, Events: events.NewHub(), Drivers: driver.NewRegistry(),
+		Trust: Trust{Trusted: trusted, Cert: serverCert}}
+	srv := httptest.NewUnstartedServer(s.Handler())
+	srv.TLS = trusted.ServerConfig(serverCert)
+	srv.StartTLS()
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: trust.PinnedClientConfig(clientCert, trust.Fingerprint(serverCert.Certificate[0]))}}
+	get := func(method, path string) int {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader("{}"))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("GET", "/1.0/instances"); code != http.StatusForbidden {
+		t.Fatalf("untrusted list: %d", code)
+	}
+	// Presenting a (bad) token is the one thing an untrusted client may try.
+	if code := get("POST", "/1.0/trust"); code != http.StatusBadRequest {
+		t.Fatalf("untrusted join attempt: %d", code)
+	}
+	trusted.AddNamed(clientCert.Certificate[0], "client")
+	if code := get("GET", "/1.0/instances"); code != http.StatusOK {
+		t.Fatalf("trusted list: %d", code)
+	}
+	// Tokens are only issued to the local administrator, even for a trusted remote.
+	if code := get("POST", "/1.0/trust/tokens"); code != http.StatusForbidden {
+		t.Fatalf("remote token issue: %d", code)
+	}
 }
