@@ -47,6 +47,16 @@ type Instance struct {
 	Operation string `json:"operation,omitempty" yaml:"operation,omitempty"`
 	// NICs are the instance's network interfaces with the MAC and address tandem assigned.
 	NICs []NIC `json:"nics,omitempty" yaml:"nics,omitempty"`
+	// Guest is what a running VM's guest agent reports (GET of one instance only).
+	Guest *GuestInfo `json:"guest,omitempty" yaml:"guest,omitempty"`
+}
+
+// GuestInfo is what the OS inside an instance says about itself.
+type GuestInfo struct {
+	Hostname string   `json:"hostname" yaml:"hostname"`
+	OS       string   `json:"os" yaml:"os"`
+	Kernel   string   `json:"kernel,omitempty" yaml:"kernel,omitempty"`
+	IPs      []string `json:"ips" yaml:"ips"`
 }
 
 // NIC is one network interface of an instance.

@@ -90,6 +90,9 @@ func printInstance(w io.Writer, in *api.Instance) {
 		fmt.Fprintln(w, "Config:")
 		kvLines(w, "  ", in.Config)
 	}
+	if g := in.Guest; g != nil {
+		fmt.Fprintf(w, "Guest: %s, hostname %s, addresses %s\n", g.OS, g.Hostname, strings.Join(g.IPs, ", "))
+	}
 	if len(in.NICs) > 0 {
 		fmt.Fprintln(w, "Network:")
 		for _, n := range in.NICs {

@@ -26,6 +26,7 @@ func main() {
 	flag.DurationVar(&cfg.FakeDelay, "fake-delay", 0, "with --driver=fake, how long create/start/stop take")
 	flag.BoolVar(&cfg.Networking, "network", true, "manage networks (bridges, NAT, DHCP, DNS)")
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
+	flag.StringVar(&cfg.Accel, "accel", "auto", "VM accelerator: auto (KVM when usable), kvm or tcg")
 	idBase := flag.Uint("idmap-base", 1000000, "first host uid/gid of the ranges given to unprivileged containers")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,8 @@ type Config struct {
 	// instance without a NIC an eth0 on it.
 	Networking     bool
 	DefaultNetwork bool
+	// Accel is the VM accelerator: auto, kvm or tcg.
+	Accel string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
 }
@@ -165,6 +168,14 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	httpSrv.Shutdown(sctx)
 	ops.Shutdown(10 * time.Second)
+	// Drivers drop their connections to instances; the instances keep running.
+	for _, name := range drivers.Names() {
+		if d, _ := drivers.ByName(name); d != nil {
+			if c, ok := d.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}
 	return nil
 }
 

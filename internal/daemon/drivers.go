@@ -9,6 +9,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/container"
 	"tandem/internal/driver/fake"
+	"tandem/internal/driver/vm"
 	"tandem/internal/network"
 )
 
@@ -34,8 +35,27 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			return nil, fmt.Errorf("container driver: %w", err)
 		}
 		reg.Register(container.Name, c, "container")
-		if info := c.Info(context.Background()); !info.Available {
-			slog.Warn("container driver unavailable", "reason", info.Reason)
+		opts := vm.Options{
+			Dir:    filepath.Join(cfg.Dir, "vm"),
+			RunDir: filepath.Join(RunDir(cfg.Dir), "v"),
+			Images: images,
+			Accel:  cfg.Accel,
+			// Without managed networks a VM gets QEMU's user-mode network.
+			UserNetwork: networks == nil,
+		}
+		if networks != nil {
+			opts.Networks = vmTaps{networks}
+		}
+		v, err := vm.New(opts)
+		if err != nil {
+			return nil, fmt.Errorf("vm driver: %w", err)
+		}
+		reg.Register("vm", v, "vm")
+		for _, name := range reg.Names() {
+			d, _ := reg.ByName(name)
+			if info := d.Info(context.Background()); !info.Available {
+				slog.Warn("driver unavailable", "driver", name, "reason", info.Reason)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("unknown driver setting %q (want auto or fake)", cfg.Driver)
@@ -69,4 +89,25 @@ func plugVeths(networks *network.Manager) func(ctx context.Context, h *driver.Ha
 		}
 		return nil
 	}
+}
+
+// vmTaps puts VM NICs on managed networks: a tap per NIC on the network's bridge, with the MAC the
+// network assigned (DHCP hands out the address by it).
+type vmTaps struct{ networks *network.Manager }
+
+func (v vmTaps) SetupTap(ctx context.Context, h *driver.Handle, nic string, dev map[string]string) (string, string, error) {
+	net := network.DeviceNetwork(dev)
+	lease, err := v.networks.Lease(ctx, net, h.Spec.Name, nic)
+	if err != nil {
+		return "", "", err
+	}
+	tap := v.networks.HostIfName(h.Spec.Name, nic)
+	if err := v.networks.PlugTap(ctx, net, lease, tap); err != nil {
+		return "", "", err
+	}
+	return tap, lease.MAC, nil
+}
+
+func (v vmTaps) TeardownTap(ctx context.Context, h *driver.Handle, nic string) error {
+	return v.networks.Unplug(ctx, network.DeviceNetwork(h.Spec.Devices[nic]), h.Spec.Name, nic)
 }

@@ -37,3 +37,35 @@ type Consoler interface {
 	// ConsoleLog returns what the console printed so far, kept by the daemon side.
 	ConsoleLog(ctx context.Context, h *Handle) (io.ReadCloser, error)
 }
+
+// GuestInfo is what an instance's OS says about itself (a VM's guest agent).
+type GuestInfo struct {
+	Hostname string
+	OS       string
+	Kernel   string
+	IPs      []string
+}
+
+// GuestInfoer reports what the guest says about itself.
+type GuestInfoer interface {
+	GuestInfo(ctx context.Context, h *Handle) (GuestInfo, error)
+}
+
+// FileOpts are a pushed file's mode and owner.
+type FileOpts struct {
+	Mode     uint32 // permission bits; 0 means 0644
+	UID, GID int
+}
+
+// FileInfo describes a pulled file.
+type FileInfo struct {
+	Mode     uint32
+	UID, GID int
+	Size     int64
+}
+
+// Filer copies files into and out of a running instance.
+type Filer interface {
+	PushFile(ctx context.Context, h *Handle, path string, r io.Reader, opts FileOpts) error
+	PullFile(ctx context.Context, h *Handle, path string, w io.Writer) (FileInfo, error)
+}

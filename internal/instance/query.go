@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"time"
 
 	"tandem/api"
 	"tandem/internal/driver"
@@ -20,7 +21,33 @@ func (m *Manager) Get(ctx context.Context, name string) (*api.Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	return m.view(ctx, rec), nil
+	inst := m.view(ctx, rec)
+	if inst.Status == api.StatusRunning {
+		inst.Guest = m.guestInfo(ctx, rec)
+	}
+	return inst, nil
+}
+
+// guestInfoTimeout bounds the question to a guest agent: a booting guest must not stall a GET.
+const guestInfoTimeout = 2 * time.Second
+
+// guestInfo asks the instance's guest agent about itself, if its driver has one.
+func (m *Manager) guestInfo(ctx context.Context, rec *store.InstanceRecord) *api.GuestInfo {
+	drv, err := m.drivers.ByName(rec.Handle.Driver)
+	if err != nil {
+		return nil
+	}
+	gi, ok := drv.(driver.GuestInfoer)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, guestInfoTimeout)
+	defer cancel()
+	info, err := gi.GuestInfo(ctx, rec.Handle)
+	if err != nil {
+		return nil
+	}
+	return &api.GuestInfo{Hostname: info.Hostname, OS: info.OS, Kernel: info.Kernel, IPs: info.IPs}
 }
 
 // List returns every instance with its live status, sorted by name.

@@ -60,6 +60,11 @@ var configKeys = map[string]keyCheck{
 	"security.nesting":     checkBool,
 	"boot.autostart":       checkBool,
 	"image.os":             checkWord,
+	"vm.machine":           checkOneOf("q35", "pc", "microvm"),
+	"vm.firmware":          checkOneOf("bios", "uefi"),
+	"windows.driver_iso":   checkAbsPath,
+	// The container driver answers sysinfo(2) with the container's limits unless this is false.
+	"security.syscalls.intercept.sysinfo": checkBool,
 }
 
 // Free-form namespaces: user metadata and environment variables for the instance's init.
@@ -236,6 +241,24 @@ func checkMAC(v string) error {
 }
 
 func checkAny(string) error { return nil }
+
+func checkOneOf(allowed ...string) keyCheck {
+	return func(v string) error {
+		for _, a := range allowed {
+			if v == a {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q: want one of %s", v, strings.Join(allowed, ", "))
+	}
+}
+
+func checkAbsPath(v string) error {
+	if !strings.HasPrefix(v, "/") || strings.Contains(v, "/../") || strings.HasSuffix(v, "/..") {
+		return fmt.Errorf("%q: want an absolute path", v)
+	}
+	return nil
+}
 
 func checkIPv4(v string) error {
 	a, err := netip.ParseAddr(v)
