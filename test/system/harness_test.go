@@ -53,13 +53,15 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
-// daemonHarness is one tandemd on its own state dir.
+// daemonHarness is one tandemd on its own state dir, optionally in its own network namespace (a
+// "host" whose bridges, rules and dnsmasq touch nothing of the machine's).
 type daemonHarness struct {
-	t    *testing.T
-	dir  string
-	args []string
-	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	t     *testing.T
+	dir   string
+	args  []string
+	netns string
+	cmd   *exec.Cmd
+	log   *bytes.Buffer
 }
 
 // startDaemon starts tandemd with extra flags on a fresh short dir (unix socket paths are limited).
@@ -81,11 +83,50 @@ func startDaemon(t *testing.T, flags ...string) *daemonHarness {
 	return d
 }
 
+// startHost starts tandemd in a new network namespace of its own, removed (with whatever still
+// runs in it) when the test ends.
+func startHost(t *testing.T, flags ...string) *daemonHarness {
+	t.Helper()
+	ns := fmt.Sprintf("tdtest-%d", time.Now().UnixNano()%1e9)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+	t.Cleanup(func() {
+		// After the daemon stopped (registered later, so it runs first): end what it left in the
+		// namespace (dnsmasq), then the namespace.
+		if out, _ := exec.Command("ip", "netns", "pids", ns).Output(); len(out) > 0 {
+			for _, pid := range strings.Fields(string(out)) {
+				exec.Command("kill", "-9", pid).Run()
+			}
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+	})
+	dir, err := os.MkdirTemp("", "td-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonHarness{t: t, dir: dir, args: flags, netns: ns}
+	t.Cleanup(func() {
+		d.stop(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("tandemd log:\n%s", d.log)
+		}
+		os.RemoveAll(dir)
+	})
+	d.start()
+	return d
+}
+
 func (d *daemonHarness) start() {
 	d.t.Helper()
 	d.log = &bytes.Buffer{}
 	args := append([]string{"--dir", d.dir, "--log-level", "debug"}, d.args...)
 	d.cmd = exec.Command(filepath.Join(binaries(d.t), "tandemd"), args...)
+	if d.netns != "" {
+		// nsenter, not `ip netns exec`: that one remounts /sys, which hides the cgroup mounts.
+		d.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + d.netns, d.cmd.Path}, args...)...)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

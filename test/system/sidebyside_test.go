@@ -1,0 +1,182 @@
+package system
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"tandem/api"
+)
+
+// requireRealDrivers skips unless this machine can run real containers and VMs.
+func requireRealDrivers(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run containers and VMs")
+	}
+	for _, tool := range []string{"runc", "qemu-system-x86_64", "ip", "dnsmasq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
+				t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+			}
+		}
+	}
+	if _, err := os.Stat("/usr/local/share/tandem/guest/vmlinux"); err != nil {
+		t.Skip("the guest kernel is not installed (scripts/setup.sh installs it)")
+	}
+	requireBusybox(t)
+}
+
+// waitAgent waits until a VM's guest agent runs commands (the guest has booted).
+func waitAgent(t *testing.T, h *daemonHarness, name string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if _, _, err := h.tandem("exec", name, "--", "true"); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _, _ := h.tandem("console", name, "--show-log")
+			t.Fatalf("VM %s hung: its agent did not answer within 3 minutes; console:\n%s", name, log)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func ipOf(t *testing.T, h *daemonHarness, name string) string {
+	t.Helper()
+	var inst api.Instance
+	if err := json.Unmarshal([]byte(h.must("info", name, "--format", "json")), &inst); err != nil {
+		t.Fatal(err)
+	}
+	if len(inst.NICs) == 0 || inst.NICs[0].IPv4 == "" {
+		t.Fatalf("%s has no address: %+v", name, inst.NICs)
+	}
+	return inst.NICs[0].IPv4
+}
+
+// Containers and VMs on one host and one network, through the CLI: addresses by DHCP, reaching each
+// other by address and by name, exec in both, limits accounted together, a SIGKILLed daemon that
+// finds them all still running, and nothing left after delete.
+func TestContainersAndVMsSideBySide(t *testing.T) {
+	requireRealDrivers(t)
+	h := startHost(t, "--accel", "tcg")
+	h.must("image", "build", "busybox")
+
+	containers, vms := []string{"c1", "c2", "c3"}, []string{"v1", "v2"}
+	for _, c := range containers {
+		h.must("launch", "busybox", c, "-c", "limits.memory=128MiB", "-c", "limits.cpu=1")
+	}
+	for _, v := range vms {
+		h.must("launch", "busybox", v, "--vm", "-c", "limits.memory=256MiB", "-c", "limits.cpu=1")
+	}
+	for _, v := range vms {
+		waitAgent(t, h, v)
+	}
+
+	// Every instance got its address from DHCP: what the guest has is what tandem assigned.
+	for _, name := range append(containers, vms...) {
+		want := ipOf(t, h, name)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, _, _ := h.tandem("exec", name, "--", "ip", "-4", "addr", "show", "eth0")
+			if strings.Contains(out, want+"/") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never got %s by DHCP: %s", name, want, out)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	// Container to VM and VM to container, by address and by name.
+	for _, pair := range [][2]string{{"c1", "v1"}, {"v1", "c1"}, {"v2", "c3"}} {
+		for _, target := range []string{pair[1], ipOf(t, h, pair[1])} {
+			if out, errOut, err := h.tandem("exec", pair[0], "--", "ping", "-c", "1", "-W", "5", target); err != nil {
+				t.Fatalf("%s cannot ping %s: %v\n%s%s", pair[0], target, err, out, errOut)
+			}
+		}
+	}
+	// exec in a VM passes output and exit codes like in a container.
+	for _, name := range []string{"v1", "c1"} {
+		if out := h.must("exec", name, "--", "echo", "hello from", name); out != "hello from "+name+"\n" {
+			t.Fatalf("exec in %s: %q", name, out)
+		}
+		for _, code := range []int{0, 1, 42} {
+			_, _, err := h.tandem("exec", name, "--", "sh", "-c", fmt.Sprintf("exit %d", code))
+			if got := exitCode(err); got != code {
+				t.Fatalf("exec exit %d in %s: got %d", code, name, got)
+			}
+		}
+	}
+	var v1 api.Instance
+	json.Unmarshal([]byte(h.must("info", "v1", "--format", "json")), &v1)
+	if v1.Guest == nil || len(v1.Guest.IPs) == 0 || v1.Guest.IPs[0] != v1.NICs[0].IPv4 || v1.Guest.Hostname != "v1" {
+		t.Fatalf("guest info of v1: %+v (NIC %+v)", v1.Guest, v1.NICs)
+	}
+	// The host accounts for both kinds.
+	var host api.Host
+	json.Unmarshal([]byte(h.must("host", "info", "--format", "json")), &host)
+	if a := host.Allocated; a.Running != 5 || a.CPU != 5 || a.Memory != 3*128<<20+2*256<<20 {
+		t.Fatalf("allocated: %+v", a)
+	}
+
+	// SIGKILL the daemon: everything keeps running and is managed again after the restart.
+	h.stop(syscall.SIGKILL)
+	h.start()
+	for _, inst := range instances(t, h) {
+		if inst.Status != api.StatusRunning {
+			t.Fatalf("after a daemon SIGKILL %s is %s", inst.Name, inst.Status)
+		}
+	}
+	h.must("exec", "v2", "--", "true")
+	h.must("exec", "c2", "--", "true")
+	// A graceful stop reaches the guest's init.
+	h.must("stop", "v2", "--timeout", "60")
+	if log := h.must("console", "v2", "--show-log"); !strings.Contains(log, "Power down") {
+		t.Fatalf("v2's init did not see the powerdown:\n%s", log)
+	}
+	h.must("pause", "v1")
+	assertStatus(t, h, "v1", api.StatusPaused)
+	h.must("resume", "v1")
+	h.must("exec", "v1", "--", "true")
+
+	for _, name := range append(containers, vms...) {
+		h.must("delete", name, "--force")
+	}
+	h.must("network", "delete", "tandem0") // its bridge, rules and dnsmasq go with it
+	assertNothingLeft(t, h)
+}
+
+// assertNothingLeft checks a host whose instances and networks were all deleted: no QEMU, shim,
+// dnsmasq, bridge, veth or tap, and no per-instance directory.
+func assertNothingLeft(t *testing.T, h *daemonHarness) {
+	t.Helper()
+	if out, _ := exec.Command("pgrep", "-f", h.dir).Output(); len(out) > 0 {
+		ps, _ := exec.Command("pgrep", "-af", h.dir).Output()
+		// tandemd itself matches; anything else is a leftover.
+		for _, line := range strings.Split(strings.TrimSpace(string(ps)), "\n") {
+			if !strings.Contains(line, "tandemd") {
+				t.Errorf("left running: %s", line)
+			}
+		}
+	}
+	links, _ := exec.Command("ip", "-n", h.netns, "-o", "link").Output()
+	for _, line := range strings.Split(strings.TrimSpace(string(links)), "\n") {
+		if strings.Contains(line, "tdm") {
+			t.Errorf("interface left: %s", line)
+		}
+	}
+	for _, sub := range []string{"containers", "vm"} {
+		entries, _ := filepath.Glob(filepath.Join(h.dir, sub, "*-*-*-*-*"))
+		if len(entries) > 0 {
+			t.Errorf("instance files left in %s: %v", sub, entries)
+		}
+	}
+}
