@@ -41,3 +41,23 @@ func TestValidateConfig(t *testing.T) {
 		t.Fatalf("ParseLimits: %+v", got)
 	}
 }
+
+func TestParseStat(t *testing.T) {
+	info, err := parseStat("regular file 640 0 12 100000\n")
+	if err != nil || info.Mode != 0o640 || info.GID != 12 || info.Size != 100000 {
+		t.Fatalf("%+v %v", info, err)
+	}
+	if _, err := parseStat("regular empty file 644 0 0 0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"directory 755 0 0 4096", "socket 755 0 0 0", "garbage", ""} {
+		if _, err := parseStat(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	for _, p := range []string{"relative", "", "/a\x00b"} {
+		if checkGuestPath(p) == nil {
+			t.Errorf("path %q accepted", p)
+		}
+	}
+}

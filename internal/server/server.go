@@ -59,6 +59,7 @@ func (s *Server) Handler() http.Handler {
 	s.registerImages(mux)
 	s.registerExec(mux)
 	s.registerTrust(mux)
+	s.registerFiles(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -115,6 +115,25 @@ func TestContainersAndVMsSideBySide(t *testing.T) {
 			}
 		}
 	}
+	// Files go in and out of both kinds, with their mode.
+	local := filepath.Join(t.TempDir(), "payload")
+	payload := strings.Repeat("tandem file payload\n", 5000)
+	os.WriteFile(local, []byte(payload), 0o600)
+	for _, name := range []string{"c1", "v1"} {
+		h.must("file", "push", local, name+"/root/payload", "--mode", "0640")
+		if out := h.must("exec", name, "--", "stat", "-c", "%a %s", "/root/payload"); out != fmt.Sprintf("640 %d\n", len(payload)) {
+			t.Fatalf("pushed file in %s: %q", name, out)
+		}
+		back := filepath.Join(t.TempDir(), "back")
+		h.must("file", "pull", name+"/root/payload", back)
+		if got, _ := os.ReadFile(back); string(got) != payload {
+			t.Fatalf("pulled from %s: %d bytes, want %d", name, len(got), len(payload))
+		}
+		if _, errOut, err := h.tandem("file", "pull", name+"/no/such/file", back); err == nil || !strings.Contains(errOut, "Error:") {
+			t.Fatalf("pull of a missing file from %s: %v %s", name, err, errOut)
+		}
+	}
+
 	var v1 api.Instance
 	json.Unmarshal([]byte(h.must("info", "v1", "--format", "json")), &v1)
 	if v1.Guest == nil || len(v1.Guest.IPs) == 0 || v1.Guest.IPs[0] != v1.NICs[0].IPv4 || v1.Guest.Hostname != "v1" {
