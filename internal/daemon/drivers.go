@@ -34,7 +34,11 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 		if err != nil {
 			return nil, fmt.Errorf("container driver: %w", err)
 		}
-		reg.Register(container.Name, c, "container")
+		if networks != nil {
+			reg.Register(container.Name, containerNICs{c, networks}, "container")
+		} else {
+			reg.Register(container.Name, c, "container")
+		}
 		opts := vm.Options{
 			Dir:    filepath.Join(cfg.Dir, "vm"),
 			RunDir: filepath.Join(RunDir(cfg.Dir), "v"),
@@ -50,7 +54,11 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 		if err != nil {
 			return nil, fmt.Errorf("vm driver: %w", err)
 		}
-		reg.Register("vm", v, "vm")
+		if networks != nil {
+			reg.Register("vm", vmNICs{v, networks}, "vm")
+		} else {
+			reg.Register("vm", v, "vm")
+		}
 		for _, name := range reg.Names() {
 			d, _ := reg.ByName(name)
 			if info := d.Info(context.Background()); !info.Available {
@@ -61,6 +69,23 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 		return nil, fmt.Errorf("unknown driver setting %q (want auto or fake)", cfg.Driver)
 	}
 	return reg, nil
+}
+
+// plugVeth puts one NIC's veth into a container's network namespace.
+func plugVeth(ctx context.Context, networks *network.Manager, h *driver.Handle, name string, dev map[string]string, netnsPath string) error {
+	net := network.DeviceNetwork(dev)
+	lease, err := networks.Lease(ctx, net, h.Spec.Name, name)
+	if err != nil {
+		return fmt.Errorf("NIC %s: %w", name, err)
+	}
+	ifName := dev["name"]
+	if ifName == "" {
+		ifName = name
+	}
+	if err := networks.PlugVeth(ctx, net, lease, netnsPath, ifName, ""); err != nil {
+		return fmt.Errorf("NIC %s: %w", name, err)
+	}
+	return nil
 }
 
 // plugVeths returns the container driver's hook that puts each NIC's veth into the container's
@@ -74,21 +99,52 @@ func plugVeths(networks *network.Manager) func(ctx context.Context, h *driver.Ha
 			if networks == nil {
 				return fmt.Errorf("NIC %s: networking is disabled on this host", name)
 			}
-			net := network.DeviceNetwork(dev)
-			lease, err := networks.Lease(ctx, net, h.Spec.Name, name)
-			if err != nil {
-				return fmt.Errorf("NIC %s: %w", name, err)
-			}
-			ifName := dev["name"]
-			if ifName == "" {
-				ifName = name
-			}
-			if err := networks.PlugVeth(ctx, net, lease, netnsPath, ifName, ""); err != nil {
-				return fmt.Errorf("NIC %s: %w", name, err)
+			if err := plugVeth(ctx, networks, h, name, dev, netnsPath); err != nil {
+				return err
 			}
 		}
 		return nil
 	}
+}
+
+// containerNICs adds NIC hotplug to the container driver: a veth into the running container's
+// network namespace, removed by deleting its host end (which takes the pair with it).
+type containerNICs struct {
+	*container.Driver
+	networks *network.Manager
+}
+
+func (c containerNICs) AddNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	return plugVeth(ctx, c.networks, h, name, dev, c.NetnsPath(h))
+}
+
+func (c containerNICs) RemoveNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	return c.networks.Unplug(ctx, network.DeviceNetwork(dev), h.Spec.Name, name)
+}
+
+// vmNICs adds NIC hotplug to the VM driver: a tap on the bridge, then a virtio-net device over QMP.
+type vmNICs struct {
+	*vm.Driver
+	networks *network.Manager
+}
+
+func (v vmNICs) AddNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	tap, mac, err := vmTaps{v.networks}.SetupTap(ctx, h, name, dev)
+	if err != nil {
+		return err
+	}
+	if err := v.AttachNIC(ctx, h, name, tap, mac); err != nil {
+		v.networks.Unplug(ctx, network.DeviceNetwork(dev), h.Spec.Name, name)
+		return err
+	}
+	return nil
+}
+
+func (v vmNICs) RemoveNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	if err := v.DetachNIC(ctx, h, name); err != nil {
+		return err
+	}
+	return v.networks.Unplug(ctx, network.DeviceNetwork(dev), h.Spec.Name, name)
 }
 
 // vmTaps puts VM NICs on managed networks: a tap per NIC on the network's bridge, with the MAC the

@@ -122,3 +122,10 @@ type Images interface {
 	// instances of the image and must not be written to: drivers copy it.
 	Rootfs(ctx context.Context, image string) (dir string, info ImageInfo, err error)
 }
+
+// NICHotplugger adds and removes network interfaces of a running instance. The address is already
+// reserved on the network (the control plane attached it) when AddNIC is called.
+type NICHotplugger interface {
+	AddNIC(ctx context.Context, h *Handle, name string, dev map[string]string) error
+	RemoveNIC(ctx context.Context, h *Handle, name string, dev map[string]string) error
+}

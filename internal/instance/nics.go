@@ -2,12 +2,15 @@ package instance
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 
 	"tandem/api"
+	"tandem/internal/driver"
 	"tandem/internal/errdefs"
 	"tandem/internal/network"
+	"tandem/internal/store"
 )
 
 // Networks is what the control plane needs of the network manager: address bookkeeping per NIC.
@@ -132,4 +135,35 @@ func (m *Manager) nicViews(ctx context.Context, instance string, devices map[str
 		out = append(out, nic)
 	}
 	return out
+}
+
+// hotplugNICs plugs NICs added to a running instance and unplugs removed ones. A stopped instance
+// gets its NICs at its next start.
+func (m *Manager) hotplugNICs(ctx context.Context, drv driver.Driver, rec *store.InstanceRecord, want map[string]map[string]string) error {
+	added := removedNICs(want, rec.Desired.Devices) // in want, not in the old set
+	removed := removedNICs(rec.Desired.Devices, want)
+	if len(added) == 0 && len(removed) == 0 {
+		return nil
+	}
+	if st, err := drv.State(ctx, rec.Handle); err != nil || st != driver.StatusRunning {
+		return nil
+	}
+	hp, ok := drv.(driver.NICHotplugger)
+	if !ok {
+		return errdefs.Invalid("%s instances cannot change NICs while running: stop it first", rec.Type)
+	}
+	for _, name := range removed {
+		if err := hp.RemoveNIC(ctx, rec.Handle, name, rec.Desired.Devices[name]); err != nil {
+			return fmt.Errorf("unplug %s: %w", name, err)
+		}
+	}
+	for i, name := range added {
+		if err := hp.AddNIC(ctx, rec.Handle, name, want[name]); err != nil {
+			for _, done := range added[:i] {
+				hp.RemoveNIC(ctx, rec.Handle, done, want[done])
+			}
+			return fmt.Errorf("plug %s: %w", name, err)
+		}
+	}
+	return nil
 }

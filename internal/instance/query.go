@@ -175,6 +175,10 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 			return nil, fmt.Errorf("apply change to %s: %w", name, err)
 		}
 	}
+	if err := m.hotplugNICs(ctx, drv, rec, devices); err != nil {
+		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
+		return nil, err
+	}
 	m.detachNICs(name, rec.Desired.Devices, removedNICs(rec.Desired.Devices, devices))
 	rec.Handle.Spec = spec
 	return m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {

@@ -134,6 +134,38 @@ func TestContainersAndVMsSideBySide(t *testing.T) {
 		}
 	}
 
+	// NICs plug into running instances of both kinds, on a second network, and unplug again.
+	h.must("network", "create", "net2", "--subnet", "10.222.0.0/24")
+	for _, name := range []string{"c1", "v1"} {
+		h.must("config", "device", "add", name, "eth1", "nic", "network=net2")
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			// The image runs DHCP on eth0 only; ask for eth1's lease by hand.
+			out, _, _ := h.tandem("exec", name, "--", "sh", "-c", "udhcpc -i eth1 -n -q -t 3 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; ip -4 addr show eth1")
+			if strings.Contains(out, "10.222.0.") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("hot-plugged eth1 in %s got no address: %q", name, out)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	var c1 api.Instance
+	json.Unmarshal([]byte(h.must("info", "c1", "--format", "json")), &c1)
+	for _, n := range c1.NICs {
+		if n.Name == "eth1" {
+			h.must("exec", "v1", "--", "ping", "-c", "1", "-W", "5", n.IPv4)
+		}
+	}
+	for _, name := range []string{"c1", "v1"} {
+		h.must("config", "device", "remove", name, "eth1")
+		if out, _, _ := h.tandem("exec", name, "--", "ip", "link", "show", "eth1"); strings.Contains(out, "eth1") {
+			t.Fatalf("eth1 still in %s after unplug", name)
+		}
+	}
+	h.must("network", "delete", "net2")
+
 	var v1 api.Instance
 	json.Unmarshal([]byte(h.must("info", "v1", "--format", "json")), &v1)
 	if v1.Guest == nil || len(v1.Guest.IPs) == 0 || v1.Guest.IPs[0] != v1.NICs[0].IPv4 || v1.Guest.Hostname != "v1" {
