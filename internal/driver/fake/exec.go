@@ -68,3 +68,18 @@ func (d *Driver) Console(ctx context.Context, h *driver.Handle) (io.ReadWriteClo
 func (d *Driver) ConsoleLog(ctx context.Context, h *driver.Handle) (io.ReadCloser, error) {
 	return io.NopCloser(strings.NewReader(fmt.Sprintf("fake console of %s\r\n", h.Spec.Name))), nil
 }
+
+var _ driver.NICHotplugger = (*Driver)(nil)
+
+// AddNIC accepts a NIC on a running instance (there is nothing to plug).
+func (d *Driver) AddNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	if st, _ := d.State(ctx, h); st != driver.StatusRunning {
+		return driver.ErrNotRunning
+	}
+	return nil
+}
+
+// RemoveNIC accepts the removal of a NIC from a running instance.
+func (d *Driver) RemoveNIC(ctx context.Context, h *driver.Handle, name string, dev map[string]string) error {
+	return d.AddNIC(ctx, h, name, dev)
+}
