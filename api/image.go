@@ -43,3 +43,8 @@ const (
 	HeaderImageAliases = "X-Tandem-Aliases" // comma-separated
 	HeaderImageSHA256  = "X-Tandem-SHA256"
 )
+
+// InstancePublishPost is the body of POST /1.0/instances/NAME/publish.
+type InstancePublishPost struct {
+	Aliases []string `json:"aliases,omitempty"`
+}

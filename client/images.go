@@ -93,3 +93,12 @@ func (c *Client) AddImageAlias(ctx context.Context, name, target string) error {
 func (c *Client) DeleteImageAlias(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/1.0/images/aliases/"+url.PathEscape(name), nil, nil, nil)
 }
+
+// PublishInstance makes an image from a stopped instance; the operation's metadata names it.
+func (c *Client) PublishInstance(ctx context.Context, name string, aliases []string) (*api.Operation, error) {
+	var out api.Operation
+	if err := c.do(ctx, http.MethodPost, instancePath(name)+"/publish", nil, api.InstancePublishPost{Aliases: aliases}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

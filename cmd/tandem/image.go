@@ -14,7 +14,30 @@ import (
 	"tandem/api"
 )
 
-func init() { register(newImageCmd) }
+func init() {
+	register(newImageCmd)
+	register(newPublishCmd)
+}
+
+func newPublishCmd(a *app) *cobra.Command {
+	var aliases []string
+	cmd := &cobra.Command{
+		Use: "publish INSTANCE [--alias NAME]", Short: "Make an image from a stopped instance", Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			op, err := c.PublishInstance(ctx(cmd), args[0], aliases)
+			if err != nil {
+				return err
+			}
+			return a.reportImage(cmd, op, "Publishing "+args[0])
+		},
+	}
+	cmd.Flags().StringSliceVar(&aliases, "alias", nil, "alias for the new image")
+	return cmd
+}
 
 func newImageCmd(a *app) *cobra.Command {
 	cmd := groupCmd("image", "Manage images: build, import, export, aliases")

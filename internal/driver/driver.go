@@ -129,3 +129,16 @@ type NICHotplugger interface {
 	AddNIC(ctx context.Context, h *Handle, name string, dev map[string]string) error
 	RemoveNIC(ctx context.Context, h *Handle, name string, dev map[string]string) error
 }
+
+// PublishSource is what a stopped instance offers to be made into an image.
+type PublishSource struct {
+	Rootfs string
+	// IDBase and IDSize: host ids [IDBase, IDBase+IDSize) are ids [0, IDSize) in the image.
+	IDBase, IDSize uint32
+	ShutdownSignal string
+}
+
+// Publisher turns a stopped instance into the source of a new image.
+type Publisher interface {
+	PublishSource(ctx context.Context, h *Handle) (PublishSource, error)
+}

@@ -25,6 +25,17 @@ type PackOptions struct {
 	SkipContents []string
 	// ModTime, if set, replaces every mtime so that the same tree gives the same fingerprint.
 	ModTime time.Time
+	// IDBase and IDSize undo a container's id shift: host ids [IDBase, IDBase+IDSize) are written as
+	// [0, IDSize). Zero IDSize writes ids as they are.
+	IDBase, IDSize uint32
+}
+
+// unshift maps a host id back into the image's range.
+func (o PackOptions) unshift(id uint32) int {
+	if o.IDSize > 0 && id >= o.IDBase && id-o.IDBase < o.IDSize {
+		return int(id - o.IDBase)
+	}
+	return int(id)
 }
 
 // DefaultSkipContents are the directories whose contents never belong in an image.
@@ -147,7 +158,7 @@ func PackRootfs(ctx context.Context, w io.Writer, dir string, meta *Metadata, op
 		st := fi.Sys().(*syscall.Stat_t)
 		hdr := &tar.Header{
 			Name: rootfsName(rel, d.IsDir()), Mode: int64(st.Mode & 0o7777),
-			Uid: int(st.Uid), Gid: int(st.Gid), ModTime: fi.ModTime().Truncate(time.Second),
+			Uid: opts.unshift(st.Uid), Gid: opts.unshift(st.Gid), ModTime: fi.ModTime().Truncate(time.Second),
 		}
 		if !opts.ModTime.IsZero() {
 			hdr.ModTime = opts.ModTime

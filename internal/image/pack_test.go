@@ -76,3 +76,15 @@ func TestPackRoundTrip(t *testing.T) {
 		t.Logf("file capabilities not checked: %v", capErr)
 	}
 }
+
+func TestPackUnshiftsIDs(t *testing.T) {
+	o := PackOptions{IDBase: 1000000, IDSize: 65536}
+	for host, want := range map[uint32]int{1000000: 0, 1001000: 1000, 1065535: 65535, 1065536: 1065536, 0: 0, 500: 500} {
+		if got := o.unshift(host); got != want {
+			t.Errorf("unshift(%d) = %d, want %d", host, got, want)
+		}
+	}
+	if got := (PackOptions{}).unshift(1000000); got != 1000000 {
+		t.Errorf("no shift: %d", got)
+	}
+}

@@ -23,6 +23,27 @@ func (s *Server) registerImages(mux *http.ServeMux) {
 	mux.HandleFunc("GET /1.0/images/{ref}/export", s.exportImage)
 	mux.HandleFunc("POST /1.0/images/aliases", s.addImageAlias)
 	mux.HandleFunc("DELETE /1.0/images/aliases/{name}", s.deleteImageAlias)
+	mux.HandleFunc("POST /1.0/instances/{name}/publish", s.publishInstance)
+}
+
+func (s *Server) publishInstance(w http.ResponseWriter, r *http.Request) {
+	var req api.InstancePublishPost
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	for _, a := range req.Aliases {
+		if err := image.ValidateAlias(a); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+	op, err := s.Instances.Publish(r.Context(), r.PathValue("name"), req.Aliases)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeOperation(w, op)
 }
 
 func imageView(img *image.Image) api.Image {
