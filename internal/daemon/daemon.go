@@ -15,15 +15,20 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"tandem/internal/events"
+	"tandem/internal/fsutil"
 	"tandem/internal/hostinfo"
 	"tandem/internal/image"
 	"tandem/internal/instance"
 	"tandem/internal/network"
 	"tandem/internal/operations"
 	"tandem/internal/server"
+	"tandem/internal/storage"
 	"tandem/internal/store"
 	"tandem/internal/trust"
 )
@@ -105,6 +110,12 @@ func Run(ctx context.Context, cfg Config) error {
 	hostMemory := func() uint64 { total, _ := hostinfo.Memory(); return total }
 	instances := instance.NewManager(st, drivers, ops, hub, hostMemory)
 	instances.SetImages(images)
+	volumes, err := startStorage(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer volumes.Close()
+	instances.SetVolumes(volumes)
 	if networks != nil {
 		defaultNet := ""
 		if cfg.DefaultNetwork {
@@ -177,6 +188,38 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// startStorage brings back the pools (re-mounting loop-backed ones), finishes or undoes volume changes
+// a crash interrupted, and makes the default pool on first start.
+func startStorage(ctx context.Context, cfg Config) (*storage.Manager, error) {
+	id, err := hostID(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	sm, err := storage.NewManager(storage.Options{Dir: filepath.Join(cfg.Dir, "storage"), HostID: id})
+	if err != nil {
+		return nil, err
+	}
+	if err := sm.Recover(ctx); err != nil {
+		sm.Close()
+		return nil, fmt.Errorf("recover storage: %w", err)
+	}
+	if _, err := sm.EnsureDefault(ctx); err != nil {
+		sm.Close()
+		return nil, fmt.Errorf("default storage pool: %w", err)
+	}
+	return sm, nil
+}
+
+// hostID is this daemon's lasting identity among the hosts sharing a pool (made once, kept in the dir).
+func hostID(dir string) (string, error) {
+	path := filepath.Join(dir, "host-id")
+	if data, err := os.ReadFile(path); err == nil && len(data) > 0 {
+		return strings.TrimSpace(string(data)), nil
+	}
+	id := uuid.NewString()
+	return id, fsutil.WriteFileAtomic(path, []byte(id+"\n"), 0o600)
 }
 
 // startNetworks brings back every managed network (bridges, rules, dnsmasq) before instances recover,

@@ -142,3 +142,18 @@ type PublishSource struct {
 type Publisher interface {
 	PublishSource(ctx context.Context, h *Handle) (PublishSource, error)
 }
+
+// Disk is a volume given to a running instance.
+type Disk struct {
+	// Source is a host file (a VM disk: raw or qcow2) or a host directory (a container mount).
+	Source   string
+	Format   string // raw or qcow2, for VMs
+	Path     string // where a container sees it
+	ReadOnly bool
+}
+
+// DiskHotplugger attaches volumes to running instances and takes them away.
+type DiskHotplugger interface {
+	AddDisk(ctx context.Context, h *Handle, name string, d Disk) error
+	RemoveDisk(ctx context.Context, h *Handle, name string, d Disk) error
+}

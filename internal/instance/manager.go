@@ -39,14 +39,18 @@ type Manager struct {
 	networks       Networks
 	defaultNetwork string
 	images         Images
+	volumes        Volumes
 
 	mu   sync.Mutex
 	busy map[string]string // instance name -> id of the operation holding it
+	// diskCleanups gives back the volumes plugged into running instances ("instance/disk").
+	diskCleanups map[string]diskCleanup
 }
 
 // NewManager wires a control plane.
 func NewManager(st *store.Store, drivers *driver.Registry, ops *operations.Manager, hub *events.Hub, hostMemory func() uint64) *Manager {
-	return &Manager{store: st, drivers: drivers, ops: ops, hub: hub, hostMemory: hostMemory, busy: map[string]string{}}
+	return &Manager{store: st, drivers: drivers, ops: ops, hub: hub, hostMemory: hostMemory, busy: map[string]string{},
+		diskCleanups: map[string]diskCleanup{}}
 }
 
 // SetNetworks turns on NIC address management; instances with no NIC get one on defaultNetwork
@@ -175,6 +179,10 @@ func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord,
 		m.rollbackCreate(rec, drv)
 		return err
 	}
+	if err := m.attachVolumes(ctx, rec.Name, rec.Type, nil, spec.Devices); err != nil {
+		m.rollbackCreate(rec, drv)
+		return err
+	}
 	h, err := drv.Create(ctx, &spec)
 	if err != nil {
 		m.rollbackCreate(rec, drv)
@@ -208,6 +216,7 @@ func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 		return // keep the record so a later delete can retry
 	}
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
+	m.detachVolumes(rec.Name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
 	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		slog.Error("rollback of failed create", "instance", rec.Name, "err", err)
@@ -227,6 +236,11 @@ func (m *Manager) validateSpec(config map[string]string, devices api.Devices) er
 		}
 	}
 	return nil
+}
+
+// diskView is what the disk code needs of a record.
+func diskView(rec *store.InstanceRecord, devices map[string]map[string]string) *storeRecordView {
+	return &storeRecordView{Name: rec.Name, Type: rec.Type, Handle: rec.Handle, Devices: devices}
 }
 
 // recordAndDriver loads an instance and its driver.

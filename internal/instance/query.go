@@ -163,8 +163,13 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 	if err := m.validateSpec(config, devices); err != nil {
 		return nil, err
 	}
-	// New NICs get their addresses before the driver plugs them; removed ones are released after.
+	// New NICs get their addresses and new disks their volumes before the driver plugs them;
+	// removed ones are released after.
 	if err := m.attachNICs(ctx, name, rec.Desired.Devices, devices); err != nil {
+		return nil, err
+	}
+	if err := m.attachVolumes(ctx, name, rec.Type, rec.Desired.Devices, devices); err != nil {
+		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
 		return nil, err
 	}
 	spec := rec.Handle.Spec
@@ -177,9 +182,16 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 	}
 	if err := m.hotplugNICs(ctx, drv, rec, devices); err != nil {
 		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
+		m.detachVolumes(name, devices, diskNames(rec.Desired.Devices, devices))
+		return nil, err
+	}
+	if err := m.hotplugDisks(ctx, drv, rec, devices); err != nil {
+		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
+		m.detachVolumes(name, devices, diskNames(rec.Desired.Devices, devices))
 		return nil, err
 	}
 	m.detachNICs(name, rec.Desired.Devices, removedNICs(rec.Desired.Devices, devices))
+	m.detachVolumes(name, rec.Desired.Devices, diskNames(devices, rec.Desired.Devices))
 	rec.Handle.Spec = spec
 	return m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
 		r.Desired.Config, r.Desired.Devices = config, devices

@@ -72,6 +72,9 @@ func (m *Manager) recoverOne(ctx context.Context, rec *store.InstanceRecord, drv
 		log.Info("instance should run and does not: starting it", "operation", op.ID)
 		return
 	}
+	if st == driver.StatusRunning || st == driver.StatusPaused {
+		m.readoptDisks(ctx, rec)
+	}
 	log.Info("re-attached", "status", st, "desired", rec.Desired.Power)
 }
 

@@ -108,6 +108,13 @@ func (m *Manager) start(ctx context.Context, name string) error {
 		m.setDesired(name, prev)
 		return fmt.Errorf("start %s: %w", name, err)
 	}
+	// Volumes go in once it runs; an instance that cannot have its disks does not stay up without them.
+	if err := m.plugDisks(ctx, drv, diskView(rec, rec.Desired.Devices), allDisks(rec.Desired.Devices)); err != nil {
+		drv.Stop(context.WithoutCancel(ctx), rec.Handle, driver.StopOpts{Force: true})
+		m.saveHandle(context.WithoutCancel(ctx), name, drv, rec.Handle)
+		m.setDesired(name, prev)
+		return fmt.Errorf("start %s: %w", name, err)
+	}
 	m.hub.Lifecycle("instance-started", name)
 	return nil
 }
@@ -128,6 +135,7 @@ func (m *Manager) stop(ctx context.Context, name string, opts driver.StopOpts) e
 		return fmt.Errorf("stop %s: %w", name, err)
 	}
 	m.unplugNICs(context.WithoutCancel(ctx), name, rec.Desired.Devices)
+	m.unplugDisks(context.WithoutCancel(ctx), drv, diskView(rec, rec.Desired.Devices), allDisks(rec.Desired.Devices), false)
 	m.hub.Lifecycle("instance-stopped", name)
 	return nil
 }
@@ -205,6 +213,8 @@ func (m *Manager) delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	m.detachNICs(name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
+	m.unplugDisks(ctx, drv, diskView(rec, rec.Desired.Devices), allDisks(rec.Desired.Devices), false)
+	m.detachVolumes(name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
 	m.unrefImage(rec.Handle.Spec.Image, name)
 	if err := m.store.DeleteInstance(name); err != nil {
 		return err

@@ -316,8 +316,11 @@ func ValidateDevice(name string, dev map[string]string) error {
 			return errdefs.Invalid("device %q key %q: %v", name, k, err)
 		}
 	}
-	if typ == "disk" && dev["path"] == "" {
-		return errdefs.Invalid("device %q: a disk needs a path", name)
+	if typ == "disk" && dev["source"] == "" {
+		return errdefs.Invalid("device %q: a disk needs a source (the volume's name)", name)
+	}
+	if p := dev["path"]; typ == "disk" && p != "" && !strings.HasPrefix(p, "/") {
+		return errdefs.Invalid("device %q: path %q must be absolute", name, p)
 	}
 	return nil
 }

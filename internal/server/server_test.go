@@ -207,10 +207,12 @@ func TestConfigPatchAndPut(t *testing.T) {
 		t.Fatalf("patch unset: %d %s", code, data)
 	}
 	a.wantError("PATCH", "/1.0/instances/c1", `{"config":{"limits.bogus":"1"}}`, 400, "unknown config key")
-	code, data = a.do("PUT", "/1.0/instances/c1", `{"config":{"limits.cpu":"0-1"},"devices":{"data":{"type":"disk","path":"/data","pool":"default"}}}`)
+	// Devices need their backends: without storage a disk is refused, and nothing changes.
+	a.wantError("PUT", "/1.0/instances/c1", `{"config":{},"devices":{"data":{"type":"disk","path":"/data","source":"vol1"}}}`, 503, "no storage")
+	code, data = a.do("PUT", "/1.0/instances/c1", `{"config":{"limits.cpu":"0-1"},"devices":{}}`)
 	inst = api.Instance{}
 	json.Unmarshal(data, &inst)
-	if code != 200 || inst.Config["limits.cpu"] != "0-1" || inst.Config["limits.memory"] != "" || inst.Devices["data"]["path"] != "/data" {
+	if code != 200 || inst.Config["limits.cpu"] != "0-1" || inst.Config["limits.memory"] != "" || len(inst.Devices) != 0 {
 		t.Fatalf("put: %d %s", code, data)
 	}
 	// A refused change left the config as it was.
