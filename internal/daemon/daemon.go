@@ -138,7 +138,7 @@ func Run(ctx context.Context, cfg Config) error {
 		addrs = append(addrs, cfg.Listen)
 	}
 	srv := &server.Server{Trust: server.Trust{Store: st, Trusted: trusted, Cert: cert, Addresses: addrs},
-		Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks,
+		Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks, Storage: volumes,
 		Images: images, ImageCache: imageCache, Dir: cfg.Dir}
 	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
 	baseCtx, cancelBase := context.WithCancel(context.Background())

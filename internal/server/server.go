@@ -18,6 +18,7 @@ import (
 	"tandem/internal/instance"
 	"tandem/internal/network"
 	"tandem/internal/operations"
+	"tandem/internal/storage"
 )
 
 // Server holds what the handlers need.
@@ -28,6 +29,7 @@ type Server struct {
 	Drivers    *driver.Registry
 	// Networks is nil when networking is off.
 	Networks   *network.Manager
+	Storage    *storage.Manager
 	Images     *image.Store
 	ImageCache *image.RootfsCache
 	Trust      Trust
@@ -56,6 +58,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /1.0/events", s.streamEvents)
 	mux.HandleFunc("GET /1.0/host", s.getHost)
 	s.registerNetworks(mux)
+	s.registerStorage(mux)
 	s.registerImages(mux)
 	s.registerExec(mux)
 	s.registerTrust(mux)

@@ -103,6 +103,21 @@ func TestContainersAndVMsSideBySide(t *testing.T) {
 			}
 		}
 	}
+	// Both reach a server outside the host through NAT: the outside network has no route back to the
+	// instances' subnet, so only masquerading makes the answer come back.
+	outside := startOutsideServer(t, h)
+	for _, name := range []string{"c2", "v2"} {
+		if out, errOut, err := h.tandem("exec", name, "--", "wget", "-q", "-O", "-", outside); err != nil || out != "outside says hello\n" {
+			t.Fatalf("%s through NAT: %v %q %s", name, err, out, errOut)
+		}
+	}
+	// Addresses stay with the instance across a stop and start.
+	before := ipOf(t, h, "c3")
+	h.must("restart", "c3")
+	if after := ipOf(t, h, "c3"); after != before {
+		t.Fatalf("c3 changed address across restart: %s -> %s", before, after)
+	}
+
 	// exec in a VM passes output and exit codes like in a container.
 	for _, name := range []string{"v1", "c1"} {
 		if out := h.must("exec", name, "--", "echo", "hello from", name); out != "hello from "+name+"\n" {
@@ -178,9 +193,19 @@ func TestContainersAndVMsSideBySide(t *testing.T) {
 		t.Fatalf("allocated: %+v", a)
 	}
 
-	// SIGKILL the daemon: everything keeps running and is managed again after the restart.
+	// SIGKILL the daemon: everything keeps running and is managed again after the restart, with the
+	// same addresses.
+	addrs := map[string]string{}
+	for _, name := range append(containers, vms...) {
+		addrs[name] = ipOf(t, h, name)
+	}
 	h.stop(syscall.SIGKILL)
 	h.start()
+	for name, ip := range addrs {
+		if got := ipOf(t, h, name); got != ip {
+			t.Fatalf("%s changed address across a daemon restart: %s -> %s", name, ip, got)
+		}
+	}
 	for _, inst := range instances(t, h) {
 		if inst.Status != api.StatusRunning {
 			t.Fatalf("after a daemon SIGKILL %s is %s", inst.Name, inst.Status)
@@ -203,6 +228,41 @@ func TestContainersAndVMsSideBySide(t *testing.T) {
 	}
 	h.must("network", "delete", "tandem0") // its bridge, rules and dnsmasq go with it
 	assertNothingLeft(t, h)
+}
+
+// startOutsideServer makes an "outside world" namespace joined to the host's namespace by a veth,
+// serving one file over HTTP, and returns its URL. The host routes to it; it has no route back to
+// the instances.
+func startOutsideServer(t *testing.T, h *daemonHarness) string {
+	t.Helper()
+	out := h.netns + "-out"
+	run := func(args ...string) {
+		t.Helper()
+		if b, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, b)
+		}
+	}
+	run("ip", "netns", "add", out)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "pids", out).Run()
+		if pids, _ := exec.Command("ip", "netns", "pids", out).Output(); len(pids) > 0 {
+			for _, pid := range strings.Fields(string(pids)) {
+				exec.Command("kill", "-9", pid).Run()
+			}
+		}
+		exec.Command("ip", "netns", "del", out).Run()
+	})
+	run("ip", "-n", h.netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1", "netns", out)
+	run("ip", "-n", h.netns, "addr", "add", "198.51.100.1/24", "dev", "uplink0")
+	run("ip", "-n", h.netns, "link", "set", "uplink0", "up")
+	run("ip", "-n", out, "addr", "add", "198.51.100.2/24", "dev", "uplink1")
+	run("ip", "-n", out, "link", "set", "uplink1", "up")
+	run("ip", "-n", out, "link", "set", "lo", "up")
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "hello"), []byte("outside says hello\n"), 0o644)
+	os.Chmod(root, 0o755)
+	run("ip", "netns", "exec", out, "busybox", "httpd", "-p", "8080", "-h", root)
+	return "http://198.51.100.2:8080/hello"
 }
 
 // assertNothingLeft checks a host whose instances and networks were all deleted: no QEMU, shim,
