@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -29,8 +28,9 @@ func wantsStream(r *http.Request) error {
 	return nil
 }
 
-// switchProtocols answers 101 and takes the raw connection over from the HTTP server.
-func switchProtocols(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
+// switchProtocols answers 101, takes the raw connection over from the HTTP server and frames it.
+// Reads go through the server's buffer: the client may have sent frames already.
+func switchProtocols(w http.ResponseWriter) (*stream.Conn, net.Conn, error) {
 	conn, rw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return nil, nil, errdefs.Unavailable("connection cannot be upgraded: %v", err)
@@ -40,7 +40,10 @@ func switchProtocols(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error)
 		conn.Close()
 		return nil, nil, err
 	}
-	return conn, rw, nil
+	return stream.New(struct {
+		io.Reader
+		io.Writer
+	}{rw, conn}), conn, nil
 }
 
 func (s *Server) execInstance(w http.ResponseWriter, r *http.Request) {
@@ -62,16 +65,12 @@ func (s *Server) execInstance(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	conn, rw, err := switchProtocols(w)
+	sc, conn, err := switchProtocols(w)
 	if err != nil {
 		slog.Error("exec: upgrade", "err", err)
 		return
 	}
 	defer conn.Close()
-	sc := stream.New(struct {
-		io.Reader
-		io.Writer
-	}{rw, conn})
 
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
@@ -138,16 +137,12 @@ func (s *Server) attachConsole(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer console.Close()
-	conn, rw, err := switchProtocols(w)
+	sc, conn, err := switchProtocols(w)
 	if err != nil {
 		slog.Error("console: upgrade", "err", err)
 		return
 	}
 	defer conn.Close()
-	sc := stream.New(struct {
-		io.Reader
-		io.Writer
-	}{rw, conn})
 	done := make(chan struct{}, 2)
 	go func() {
 		io.Copy(sc.Writer(stream.Stdout), console)
