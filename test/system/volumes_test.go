@@ -3,6 +3,7 @@ package system
 import (
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -83,6 +84,14 @@ func TestVolumesAcrossInstances(t *testing.T) {
 	if out := h.must("exec", "c2", "--", "cat", "/srv/hello"); out != "written-in-c1\n" {
 		t.Fatalf("volume in c2 after start: %q", out)
 	}
+	// A daemon killed while the volume is in use takes it back on restart: the container keeps using
+	// it, and detaching and deleting work as before.
+	h.stop(syscall.SIGKILL)
+	h.start()
+	if out := h.must("exec", "c2", "--", "cat", "/srv/hello"); out != "written-in-c1\n" {
+		t.Fatalf("volume in c2 after a daemon restart: %q", out)
+	}
+	h.must("volume", "detach", "c2", "data1")
 	for _, name := range []string{"c1", "c2", "v1"} {
 		h.must("delete", name, "--force")
 	}
