@@ -1,17 +1,19 @@
 package container
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"tandem/internal/driver"
+	"tandem/internal/driver/container/rootfs"
 	"tandem/internal/driver/container/runc"
 	"tandem/internal/errdefs"
 	"tandem/internal/progress"
@@ -57,72 +59,197 @@ func (d *Driver) checkpoint(ctx context.Context, h *driver.Handle, st *instState
 		return errdefs.Unavailable("checkpoint needs CRIU, which is not installed")
 	}
 	p := d.paths(h.ID)
-	for _, dir := range []string{p.checkpoint, p.criuWork} {
-		if err := os.RemoveAll(dir); err != nil {
-			return err
-		}
-	}
-	if err := os.Mkdir(p.criuWork, 0o700); err != nil {
+	if err := os.RemoveAll(p.checkpoint); err != nil {
 		return err
 	}
 	progress.Report(ctx, 10, "checkpointing")
-	err := d.runc.Checkpoint(ctx, h.ID, runc.CheckpointOpts{
-		ImagePath: p.checkpoint, WorkPath: p.criuWork, LeaveRunning: opts.LeaveRunning,
-		TCPEstablished: opts.TCPEstablished, FileLocks: true,
-	})
-	if err != nil {
+	ro := runc.CheckpointOpts{ImagePath: p.checkpoint, LeaveRunning: opts.LeaveRunning, TCPEstablished: opts.TCPEstablished}
+	if err := d.dumpImages(ctx, h, st, ro); err != nil {
 		os.RemoveAll(p.checkpoint)
-		return fmt.Errorf("checkpoint %s: %w%s", h.ID, err, criuErrors(filepath.Join(p.criuWork, "dump.log")))
-	}
-	if err := disarmNotify(filepath.Join(p.checkpoint, "seccomp.img")); err != nil {
-		return err
-	}
-	if err := prepareImages(p.checkpoint, int(st.IDs.ToHost(0))); err != nil {
 		return err
 	}
 	if !opts.LeaveRunning {
 		if err := d.cleanupRuntime(ctx, h.ID); err != nil {
 			return err
 		}
-		st.Checkpoint, st.CheckpointTCP = true, opts.TCPEstablished
+		st.Checkpoint, st.CheckpointTCP, st.CheckpointDir = true, opts.TCPEstablished, ""
 		return d.save(h, st)
 	}
 	return nil
 }
 
-// restore starts the container from its checkpoint (called by Start). The checkpoint is kept if
-// the restore fails, so it can be retried or discarded.
-func (d *Driver) restore(ctx context.Context, h *driver.Handle, st *instState) error {
-	if d.criuPath == "" {
-		return errdefs.Unavailable("container %s has a checkpoint, and restoring it needs CRIU, which is not installed", h.ID)
-	}
+// dumpMetaFile is the driver's part of a checkpoint, next to CRIU's images.
+const dumpMetaFile = "tandem-dump.json"
+
+// dumpMeta is what a restore needs besides CRIU's images, wherever it runs.
+type dumpMeta struct {
+	ID    string       `json:"id"`
+	IDs   rootfs.IDMap `json:"ids"`
+	TCP   bool         `json:"tcp_established"`
+	Lazy  bool         `json:"lazy,omitempty"`
+	LXCFS bool         `json:"lxcfs"` // the container had lxcfs's /proc files bind-mounted
+	Net   *netConf     `json:"net,omitempty"`
+	At    time.Time    `json:"at"`
+}
+
+// dumpImages runs `runc checkpoint` with o (work path and file locks added) into o.ImagePath,
+// with the driver's metadata next to the images, and makes the images restorable (see
+// prepareImages).
+func (d *Driver) dumpImages(ctx context.Context, h *driver.Handle, st *instState, o runc.CheckpointOpts) error {
+	return d.dumpImagesWith(ctx, h, st, o, func(o runc.CheckpointOpts) error {
+		return d.runc.Checkpoint(ctx, h.ID, o)
+	})
+}
+
+// dumpImagesWith is dumpImages with run running runc with the final options. A lazy dump's run
+// returns once the page server is ready: the images but memory are written then.
+func (d *Driver) dumpImagesWith(ctx context.Context, h *driver.Handle, st *instState, o runc.CheckpointOpts, run func(o runc.CheckpointOpts) error) error {
 	p := d.paths(h.ID)
+	meta := dumpMeta{ID: h.ID, IDs: st.IDs, TCP: o.TCPEstablished, Lazy: o.LazyPages, LXCFS: configUsesLXCFS(p.config), At: time.Now().UTC()}
+	if isNetns(p.netns) {
+		conf, err := snapshotNet(ctx, p.netns)
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: read its network configuration: %w", h.ID, err)
+		}
+		meta.Net = conf
+	}
+	if err := os.MkdirAll(o.ImagePath, 0o700); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(o.ImagePath, dumpMetaFile), meta); err != nil {
+		return err
+	}
 	os.RemoveAll(p.criuWork)
 	if err := os.Mkdir(p.criuWork, 0o700); err != nil {
 		return err
 	}
-	progress.Report(ctx, 30, "restoring checkpoint")
-	argv := d.runc.RestoreArgs(h.ID, p.bundle, p.initPid, p.consoleSock, runc.CheckpointOpts{
-		ImagePath: p.checkpoint, WorkPath: p.criuWork, TCPEstablished: st.CheckpointTCP, FileLocks: true,
-	})
-	pid, err := d.startShim(ctx, h, p, argv)
-	if err != nil {
-		return fmt.Errorf("restore %s: %w%s", h.ID, err, criuErrors(filepath.Join(p.criuWork, "restore.log")))
+	o.WorkPath, o.FileLocks = p.criuWork, true
+	if err := run(o); err != nil {
+		return fmt.Errorf("checkpoint %s: %w%s", h.ID, err, criuErrors(filepath.Join(p.criuWork, "dump.log")))
 	}
-	if err := bindNetns(pid, p.netns); err != nil {
+	return finishImages(o.ImagePath, st)
+}
+
+// finishImages makes a finished dump restorable into the container's user namespace.
+func finishImages(dir string, st *instState) error {
+	if err := disarmNotify(filepath.Join(dir, "seccomp.img")); err != nil {
 		return err
 	}
-	if err := loopbackUp(p.netns); err != nil {
-		slog.Warn("restore: cannot bring lo up", "container", h.ID, "err", err)
+	return prepareImages(dir, int(st.IDs.ToHost(0)))
+}
+
+// readDumpMeta reads a checkpoint's metadata; checkpoints made before it existed get defaults.
+func readDumpMeta(dir string, st *instState) (*dumpMeta, error) {
+	data, err := os.ReadFile(filepath.Join(dir, dumpMetaFile))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dir, "inventory.img")); err != nil {
+			return nil, errdefs.Invalid("%s holds no checkpoint: %v", dir, err)
+		}
+		return &dumpMeta{ID: st.ID, IDs: st.IDs, TCP: st.CheckpointTCP, LXCFS: true}, nil
 	}
-	if d.opts.PrepareNetwork != nil {
-		if err := d.opts.PrepareNetwork(ctx, h, p.netns); err != nil {
-			return fmt.Errorf("prepare network: %w", err)
+	if err != nil {
+		return nil, err
+	}
+	m := &dumpMeta{}
+	if err := json.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("%s: %w", dumpMetaFile, err)
+	}
+	if m.ID != st.ID || m.IDs != st.IDs {
+		return nil, errdefs.Invalid("the checkpoint in %s is of %s with ids %+v, not of %s with ids %+v", dir, m.ID, m.IDs, st.ID, st.IDs)
+	}
+	return m, nil
+}
+
+// configUsesLXCFS reports whether the config.json at path bind-mounts lxcfs's files.
+func configUsesLXCFS(path string) bool {
+	var s specs.Spec
+	data, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(data, &s) != nil {
+		return false
+	}
+	for _, m := range s.Mounts {
+		if m.Destination == lxcfsFiles[0] {
+			return true
 		}
 	}
-	st.Checkpoint, st.CheckpointTCP = false, false
-	os.RemoveAll(p.checkpoint)
+	return false
+}
+
+// restore starts the container from its pending checkpoint (called by Start). The checkpoint is
+// kept if the restore fails, so it can be retried or discarded.
+func (d *Driver) restore(ctx context.Context, h *driver.Handle, st *instState) error {
+	dir := st.CheckpointDir
+	if dir == "" {
+		dir = d.paths(h.ID).checkpoint
+	}
+	if err := d.restoreFrom(ctx, h, st, dir, nil, false); err != nil {
+		return err
+	}
+	if st.CheckpointDir == "" {
+		os.RemoveAll(dir) // ours; a migration's image directory is its caller's
+	}
+	st.Checkpoint, st.CheckpointTCP, st.CheckpointDir, st.Migration = false, false, "", ""
 	return d.save(h, st)
+}
+
+// restoreFrom runs `runc restore` of the images in dir from a new shim, with the restore hook
+// that readies the network namespace before CRIU restores sockets (nethook.go). lazy, if set,
+// is the lazy-pages daemon the restore takes its memory from. The caller cleans up on failure.
+func (d *Driver) restoreFrom(ctx context.Context, h *driver.Handle, st *instState, dir string, lazy *lazyPages, noAddrs bool) error {
+	if d.criuPath == "" {
+		return errdefs.Unavailable("container %s has a checkpoint, and restoring it needs CRIU, which is not installed", h.ID)
+	}
+	meta, err := readDumpMeta(dir, st)
+	if err != nil {
+		return err
+	}
+	if noAddrs {
+		meta.Net = nil
+	}
+	lxcfs := ""
+	if meta.LXCFS {
+		if lxcfs = d.lxcfsDir(ctx); lxcfs == "" {
+			return errdefs.Unavailable("the checkpoint of %s has lxcfs's /proc files mounted, and lxcfs is not available here", h.ID)
+		}
+	}
+	p := d.paths(h.ID)
+	if lazy == nil { // a lazy restore's work dir holds the lazy-pages daemon's socket already
+		os.RemoveAll(p.criuWork)
+		if err := os.Mkdir(p.criuWork, 0o700); err != nil {
+			return err
+		}
+	}
+	progress.Report(ctx, 30, "restoring checkpoint")
+	hook, err := d.listenNetHook(ctx, h, p, meta.Net, meta.TCP)
+	if err != nil {
+		return err
+	}
+	if err := d.writeConfigWith(&h.Spec, st, lxcfs, d.hookArgv(p)); err != nil {
+		hook.close(p)
+		return err
+	}
+	argv := d.runc.RestoreArgs(h.ID, p.bundle, p.initPid, p.consoleSock, runc.CheckpointOpts{
+		ImagePath: dir, WorkPath: p.criuWork, TCPEstablished: meta.TCP, FileLocks: true, LazyPages: lazy != nil,
+	})
+	pid, err := d.startShim(ctx, h, p, argv)
+	ran, herr := hook.close(p)
+	uerr := hook.unlock()
+	if err != nil {
+		if herr != nil {
+			return fmt.Errorf("restore %s: %w", h.ID, herr)
+		}
+		return fmt.Errorf("restore %s: %w%s", h.ID, err, criuErrors(filepath.Join(p.criuWork, "restore.log")))
+	}
+	if !ran {
+		// Not expected with runc 1.1 (and TCP connections would not have come back): make the
+		// namespace usable the old way, after the fact.
+		slog.Warn("restore: "+errNoHook.Error()+"; preparing the network after the restore", "container", h.ID)
+		return d.prepareRestoredNetns(ctx, h, p, pid, meta.Net, false)
+	}
+	if uerr != nil {
+		return fmt.Errorf("restore %s: lift the restore lock: %w", h.ID, uerr)
+	}
+	return nil
 }
 
 // HasCheckpoint reports whether a stateful stop left a checkpoint the next Start restores.
@@ -140,86 +267,26 @@ func (d *Driver) DiscardCheckpoint(ctx context.Context, h *driver.Handle) error 
 	if err != nil {
 		return err
 	}
+	if st.Migration != "" {
+		return errdefs.Conflict("container %s is being migrated (%s)", h.ID, st.Migration)
+	}
 	if err := os.RemoveAll(d.paths(h.ID).checkpoint); err != nil {
 		return err
 	}
-	st.Checkpoint, st.CheckpointTCP = false, false
+	st.Checkpoint, st.CheckpointTCP, st.CheckpointDir = false, false, ""
 	return d.save(h, st)
 }
 
-// prepareImages makes a checkpoint restorable into a user namespace. CRIU's restored root task
-// reads images from inside the container's new user namespace, where only files of the
-// container's root (hostRoot) are open to it, and it reads timens-0.img before its parent has
-// written the namespace's id map, when it is nobody: that file (clock offsets only) and the
-// directory's search bit are for others. Without this CRIU fails, sometimes, with "Unable to open
-// timens-0.img: Permission denied". Memory images stay 0600.
-func prepareImages(dir string, hostRoot int) error {
-	err := filepath.WalkDir(dir, func(path string, de os.DirEntry, err error) error {
-		if err != nil {
-			return err
+// dirSize is the number of bytes in the files under dir.
+func dirSize(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, de os.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			if fi, err := de.Info(); err == nil {
+				n += fi.Size()
+			}
 		}
-		if err := os.Lchown(path, hostRoot, hostRoot); err != nil {
-			return err
-		}
-		mode := os.FileMode(0o600)
-		switch {
-		case de.IsDir():
-			mode = 0o711
-		case strings.HasPrefix(de.Name(), "timens-"):
-			mode = 0o644
-		}
-		return os.Chmod(path, mode)
+		return nil
 	})
-	return err
-}
-
-// retUserNotif and retAllow are the seccomp BPF "ret" instructions (code BPF_RET|BPF_K = 0x06,
-// jt 0, jf 0, k = the action) for SECCOMP_RET_USER_NOTIF and SECCOMP_RET_ALLOW, little-endian.
-var (
-	retUserNotif = []byte{0x06, 0, 0, 0, 0x00, 0x00, 0xc0, 0x7f}
-	retAllow     = []byte{0x06, 0, 0, 0, 0x00, 0x00, 0xff, 0x7f}
-)
-
-// disarmNotify rewrites a CRIU seccomp image so that the filters' user-notification returns
-// (sysinfo, which the shim answers) become "allow". CRIU restores filters without their
-// listener, and a notification with no listener fails the syscall with ENOSYS: restored
-// processes would get garbage from free and uptime. Disarmed, they get the kernel's (host)
-// sysinfo; processes exec'd after the restore get a listening filter again. The instruction has
-// a fixed 8-byte encoding, so it is patched in place inside the protobuf.
-func disarmNotify(path string) error {
-	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !bytes.Contains(data, retUserNotif) {
-		return nil
-	}
-	data = bytes.ReplaceAll(data, retUserNotif, retAllow)
-	return os.WriteFile(path, data, 0o600)
-}
-
-var criuErrorRE = regexp.MustCompile(`Error \(([^)]*)\): (.*)`)
-
-// criuErrors returns the Error lines of a CRIU log, the part of a failure runc does not show.
-func criuErrors(logPath string) string {
-	data, err := os.ReadFile(logPath)
-	if errors.Is(err, os.ErrNotExist) || err != nil {
-		return ""
-	}
-	var msgs []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if m := criuErrorRE.FindStringSubmatch(line); m != nil && !strings.Contains(m[2], "RLIMIT_NOFILE") {
-			msgs = append(msgs, m[1]+": "+strings.TrimSpace(m[2]))
-		}
-	}
-	if len(msgs) > 5 {
-		msgs = msgs[len(msgs)-5:]
-	}
-	if len(msgs) == 0 {
-		return ""
-	}
-	return " (criu: " + strings.Join(msgs, "; ") + ")"
+	return n
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -96,6 +97,10 @@ func (d *Driver) Delete(ctx context.Context, h *driver.Handle) error {
 	if status == driver.StatusRunning || status == driver.StatusPaused {
 		return errdefs.Conflict("container %s is %s: stop it first", h.ID, status)
 	}
+	// Mid-migration the rootfs may be the destination's too: AbortDump, or CommitDump and Release.
+	if st, err := d.load(h.ID); err == nil && st != nil && st.Migration != "" {
+		return errdefs.Conflict("container %s is being migrated (%s): abort it, or commit and release it", h.ID, st.Migration)
+	}
 	p := d.paths(h.ID)
 	if err := d.cleanupRuntime(ctx, h.ID); err != nil {
 		return err
@@ -149,14 +154,27 @@ func (d *Driver) removeFiles(p paths) error {
 
 // writeConfig (re)writes config.json for the spec's current config.
 func (d *Driver) writeConfig(spec *driver.Spec, st *instState, lxcfs string) error {
+	return d.writeConfigWith(spec, st, lxcfs, nil)
+}
+
+// writeConfigWith is writeConfig with the restore hook netnsHook (nil: none).
+func (d *Driver) writeConfigWith(spec *driver.Spec, st *instState, lxcfs string, netnsHook []string) error {
 	res, err := resources(spec.Config, false, "")
 	if err != nil {
 		return err
 	}
 	p := d.paths(spec.ID)
+	// runc refuses a rootfs path that is a symlink; a migrated container's rootfs may be one
+	// (to a shared pool's directory, see Adopt).
+	root, err := filepath.EvalSymlinks(p.rootfs)
+	if err != nil {
+		root = p.rootfs
+	}
 	in := specInput{
 		Hostname:    spec.Name,
-		Rootfs:      p.rootfs,
+		Rootfs:      root,
+		CRIUConfig:  p.criuConf,
+		NetnsHook:   netnsHook,
 		IDs:         st.IDs,
 		CgroupsPath: d.cgroupsPath(spec.ID),
 		Env:         envFromConfig(spec.Config),

@@ -8,11 +8,13 @@
 //	<Dir>/<id>/rootfs/               private copy of the image, owned by the container's id range
 //	<Dir>/<id>/state.json            the driver's record (id range, shutdown signal, checkpoint flag)
 //	<Dir>/<id>/console.log[.1]       console output, rotated at Options.ConsoleLogMax
-//	<Dir>/<id>/checkpoint/, criu/    CRIU images of a stateful stop, and CRIU's logs
+//	<Dir>/<id>/checkpoint/, criu/    CRIU images of a stateful stop (+ tandem-dump.json), and CRIU's logs
+//	<Dir>/<id>/rootfs -> DIR         an adopted container's shared rootfs (a symlink; never deleted here)
 //	<RunDir>/runc/                   runc --root
 //	<RunDir>/<16 hex of sha256(id)>/ init.pid, shim.{json,pid,log}, console.sock (runc -> shim),
 //	                                 attach.sock (clients -> shim), seccomp.sock (sysinfo agent),
-//	                                 netns (bind mount of the container's network namespace), exit.json
+//	                                 netns (bind mount of the container's network namespace), exit.json,
+//	                                 hook.sock (restore hook -> daemon), criu.conf (CRIU options)
 //
 // # Processes
 //
@@ -37,12 +39,24 @@
 // # CRIU
 //
 // Stop with Stateful runs `runc checkpoint --tcp-established --file-locks`; the next Start runs
-// `runc restore --detach` from the shim. Two fixes make it work on our hosts: the images are
+// `runc restore --detach` from the shim. Fixes that make it work on our hosts: the images are
 // chowned to the container's root and timens-0.img made world-readable (the restored root task
-// opens it from inside the new user namespace before its id map is written), and the seccomp
+// opens it from inside the new user namespace before its id map is written); the seccomp
 // filter's user-notification returns are rewritten to "allow" in seccomp.img (CRIU restores
-// filters without their listener, which would make sysinfo fail with ENOSYS). CRIU 4.1.1 under
-// runc 1.1.5 here writes no images of the network namespace's links and addresses, so a restored
-// container starts with lo down (the driver brings it up) and established TCP connections do not
-// restore ("Can't connect inet socket back: Network is unreachable").
+// filters without their listener, which would make sysinfo fail with ENOSYS).
+//
+// runc 1.1 always hands CRIU the network namespace as "empty" (its CLI sets CLONE_NEWNET in
+// CRIU's empty_ns mask; a namespace passed by path would be "external" instead, which a
+// user-namespaced restore cannot join), so CRIU writes no netdev/ifaddr/route images and
+// restores into a bare namespace. The driver therefore records the namespace's interfaces,
+// addresses and routes itself (tandem-dump.json, netconf.go) and fills the new namespace from a
+// createRuntime hook that runc runs on CRIU's "setup-namespaces" notification, after CRIU made
+// the namespaces and before it restores sockets (nethook.go): lo up, PrepareNetwork, addresses
+// and routes back, the namespace's traffic held (netlock.go) until CRIU's own lock takes over.
+// Established TCP connections from outside survive.
+//
+// Live migration (migrate.go, adopt.go, lazy.go; MIGRATION.md for the integrator): Dump on the
+// source, Adopt and Restore on the destination, CommitDump and Release (or AbortDump) on the
+// source; lazy (post-copy) dumps serve memory through a page server behind a proxy of the
+// driver's own (pageproxy.go).
 package container

@@ -54,9 +54,12 @@ type Options struct {
 	IDFirst, IDSize uint32
 	// ConsoleLogMax caps console.log before it rotates to console.log.1 (default 1 MiB).
 	ConsoleLogMax int64
-	// PrepareNetwork, if set, is called on Start once the container's network namespace exists
-	// (bind-mounted at netnsPath), e.g. to move a veth into it: on a boot before init runs, on a
-	// restore from a checkpoint after the processes are back (CRIU recreates the namespace).
+	// PrepareNetwork, if set, is called once the container's network namespace exists
+	// (bind-mounted at netnsPath), to plug its interfaces in (a veth per NIC, with the NIC's
+	// name and MAC): on a boot before init runs; on a restore (Start after a stateful stop,
+	// AbortDump, a migration's Restore) in the new, empty namespace CRIU made, before any process
+	// or socket is restored; the driver then puts back the addresses and routes the namespace had
+	// at the dump. It must work on any host the container may move to (the NIC's lease there).
 	PrepareNetwork func(ctx context.Context, h *driver.Handle, netnsPath string) error
 }
 
@@ -69,6 +72,8 @@ type Driver struct {
 	version, reason string
 	criuPath        string
 	lxcfsMu         sync.Mutex
+	// lazyDumps are the lazy migration dumps in flight (*lazyDump by container id).
+	lazyDumps sync.Map
 }
 
 var (
@@ -202,7 +207,7 @@ func findCRIU(want string) string {
 func (d *Driver) Info(ctx context.Context) driver.Info {
 	caps := []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats}
 	if d.criuPath != "" {
-		caps = append(caps, driver.CapCheckpoint)
+		caps = append(caps, driver.CapCheckpoint, driver.CapMigrate)
 	}
 	return driver.Info{Name: Name, Version: d.version, Available: d.reason == "", Reason: d.reason, Capabilities: caps}
 }
@@ -216,15 +221,22 @@ type instState struct {
 	Image          string       `json:"image"`
 	Fingerprint    string       `json:"fingerprint"`
 	// Checkpoint is set by a stateful stop: Start restores from <bundle>/checkpoint.
-	Checkpoint    bool      `json:"checkpoint,omitempty"`
-	CheckpointTCP bool      `json:"checkpoint_tcp,omitempty"` // it carries TCP connections
-	CreatedAt     time.Time `json:"created_at"`
+	Checkpoint    bool `json:"checkpoint,omitempty"`
+	CheckpointTCP bool `json:"checkpoint_tcp,omitempty"` // it carries TCP connections
+	// CheckpointDir is where a migration's Dump put the images ("" is <bundle>/checkpoint).
+	CheckpointDir string `json:"checkpoint_dir,omitempty"`
+	// Migration is the source side of a live migration (migrate.go): "lazy" while a lazy Dump
+	// serves pages, "dumped" after a Dump (Start or AbortDump resumes here from CheckpointDir),
+	// "moved" after CommitDump (it runs elsewhere: Start is refused, Release drops it).
+	Migration string    `json:"migration,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // paths of one container.
 type paths struct {
 	bundle, rootfs, config, state, consoleLog, checkpoint, criuWork                               string
 	run, shimConfig, shimLog, shimPid, initPid, exit, consoleSock, attachSock, seccompSock, netns string
+	netnsHook, criuConf, lazySock                                                                 string
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
@@ -241,7 +253,8 @@ func (d *Driver) paths(id string) paths {
 		shimPid: filepath.Join(run, "shim.pid"), initPid: filepath.Join(run, "init.pid"),
 		exit: filepath.Join(run, "exit.json"), consoleSock: filepath.Join(run, "console.sock"),
 		attachSock: filepath.Join(run, "attach.sock"), seccompSock: filepath.Join(run, "seccomp.sock"),
-		netns: filepath.Join(run, "netns"),
+		netns: filepath.Join(run, "netns"), netnsHook: filepath.Join(run, "hook.sock"),
+		criuConf: filepath.Join(run, "criu.conf"), lazySock: filepath.Join(b, "criu", "lazy-pages.socket"),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -58,6 +59,9 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 		return err
 	} else if status == driver.StatusRunning || status == driver.StatusPaused {
 		return errdefs.Conflict("container %s is already %s", h.ID, status)
+	}
+	if st.Migration == migMoved || st.Migration == migLazy || st.Migration == migDumping {
+		return errdefs.Conflict("container %s is moving or has moved to another host (%s)", h.ID, st.Migration)
 	}
 	// What a previous run left (a created-but-not-started container, a netns, sockets).
 	if err := d.cleanupRuntime(ctx, h.ID); err != nil {
@@ -122,6 +126,9 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 	if err != nil {
 		return err
 	}
+	if st.Migration == migLazy {
+		return errdefs.Conflict("container %s is frozen for a lazy migration: commit or abort it", h.ID)
+	}
 	if opts.Stateful {
 		return d.checkpoint(ctx, h, st, CheckpointOpts{TCPEstablished: true})
 	}
@@ -185,11 +192,16 @@ func (d *Driver) cleanupRuntime(ctx context.Context, id string) error {
 	if err := d.runc.Delete(ctx, id, true); err != nil {
 		return err
 	}
+	if err := sweepCgroup(d.cgroupsPath(id)); err != nil {
+		return err
+	}
 	waitShimExit(p, 3*time.Second)
 	if err := unmountNetns(p.netns); err != nil {
 		return err
 	}
-	for _, f := range []string{p.initPid, p.consoleSock, p.attachSock, p.seccompSock, p.shimConfig, p.shimPid} {
+	// A runc restore or checkpoint killed midway (a cancelled context) leaves CRIU's mounts.
+	unmountUnder(p.criuWork, filepath.Join(d.runc.Root, id))
+	for _, f := range []string{p.initPid, p.consoleSock, p.attachSock, p.seccompSock, p.shimConfig, p.shimPid, p.netnsHook, p.criuConf} {
 		os.Remove(f)
 	}
 	return nil
@@ -205,6 +217,18 @@ func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
 	}
 	data, _ := os.ReadFile(d.paths(h.ID).state)
 	h.DriverState = data
+	if st.Migration == migDumping {
+		if err := d.settleDumping(ctx, h, st); err != nil {
+			return err
+		}
+	}
+	if _, inFlight := d.lazyDumps.Load(h.ID); st.Migration == migLazy && !inFlight {
+		// A lazy dump lost with the daemon: its proxy's reset made CRIU resume the container,
+		// unless the transfer had completed.
+		if err := d.recoverLazy(ctx, h, st); err != nil && !errors.Is(err, errdefs.ErrConflict) {
+			return err
+		}
+	}
 	rs, err := d.runc.State(ctx, h.ID)
 	if errors.Is(err, runc.ErrNotExist) {
 		return d.cleanupRuntime(ctx, h.ID)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -48,6 +50,30 @@ func unmountNetns(target string) error {
 		return err
 	}
 	return nil
+}
+
+// unmountUnder detaches every mount at or below the given directories, deepest first.
+func unmountUnder(dirs ...string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var targets []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		for _, dir := range dirs {
+			if f[4] == dir || strings.HasPrefix(f[4], dir+"/") {
+				targets = append(targets, f[4])
+			}
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(targets)))
+	for _, t := range targets {
+		unix.Unmount(t, unix.MNT_DETACH)
+	}
 }
 
 // isNetns reports whether path is a network namespace bind mount.

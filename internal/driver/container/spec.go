@@ -29,7 +29,16 @@ type specInput struct {
 	HostCapBnd  uint64 // the daemon's capability bounding set, which caps a privileged container's
 	// SeccompListener is the shim's socket that answers sysinfo ("" = the kernel answers).
 	SeccompListener string
+	// CRIUConfig is the CRIU configuration file runc hands CRIU (annotation org.criu.config);
+	// its options override runc's (the lazy page server's address, see migrate.go).
+	CRIUConfig string
+	// NetnsHook, on a restore, is the argv of the createRuntime hook that lets the daemon fill
+	// the restored network namespace before CRIU restores the sockets (see nethook.go).
+	NetnsHook []string
 }
+
+// netnsHookTimeout is runc's budget for the restore hook, in seconds.
+const netnsHookTimeout = 120
 
 // lxcfsFiles are the /proc (and /sys) files lxcfs renders from the reader's cgroup, so that free,
 // top and nproc inside see the container's limits and uptime. runc only allows these /proc
@@ -47,7 +56,8 @@ var lxcfsFiles = []string{
 // The network namespace is created by runc (no path), because it must belong to the container's
 // user namespace: a user namespace's root can only configure, and sysfs can only be mounted for,
 // a network namespace that namespace owns; and CRIU cannot restore a user-namespaced container
-// into a network namespace it did not create. tandem bind-mounts it by path once it exists.
+// into a network namespace it did not create. tandem bind-mounts it by path once it exists, and
+// fills it on a restore from the NetnsHook (nethook.go).
 func buildSpec(in specInput) *specs.Spec {
 	caps := containerCaps(in.IDs.Identity(), in.HostCapBnd)
 	s := &specs.Spec{
@@ -83,6 +93,13 @@ func buildSpec(in specInput) *specs.Spec {
 		m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: in.IDs.Base, Size: in.IDs.Size}}
 		s.Linux.UIDMappings, s.Linux.GIDMappings = m, m
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+	}
+	if in.CRIUConfig != "" {
+		s.Annotations = map[string]string{"org.criu.config": in.CRIUConfig}
+	}
+	if len(in.NetnsHook) > 0 {
+		timeout := netnsHookTimeout
+		s.Hooks = &specs.Hooks{CreateRuntime: []specs.Hook{{Path: in.NetnsHook[0], Args: in.NetnsHook, Timeout: &timeout}}}
 	}
 	if !in.Nesting {
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = maskedPaths, readonlyPaths

@@ -118,6 +118,23 @@ func TestBuildSpecPrivilegedAndNesting(t *testing.T) {
 	}
 }
 
+// A restore's config carries the network hook and every config names the CRIU config file.
+func TestBuildSpecRestoreHook(t *testing.T) {
+	in := testInput()
+	in.CRIUConfig = "/run/x/criu.conf"
+	if s := buildSpec(in); s.Hooks != nil || s.Annotations["org.criu.config"] != in.CRIUConfig {
+		t.Errorf("boot config: hooks %+v annotations %v", s.Hooks, s.Annotations)
+	}
+	in.NetnsHook = []string{"/proc/1/exe", ShimArg, "netns-hook", "/run/x/hook.sock"}
+	s := buildSpec(in)
+	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || len(s.Hooks.Prestart) != 0 {
+		t.Fatalf("restore config hooks: %+v", s.Hooks)
+	}
+	if h := s.Hooks.CreateRuntime[0]; h.Path != in.NetnsHook[0] || !slices.Equal(h.Args, in.NetnsHook) || h.Timeout == nil {
+		t.Errorf("hook %+v", h)
+	}
+}
+
 func TestEnvFromConfig(t *testing.T) {
 	env := envFromConfig(map[string]string{"environment.B": "2", "environment.A": "1", "limits.cpu": "1", "environment.": "x"})
 	if !slices.Equal(env, []string{"A=1", "B=2"}) {

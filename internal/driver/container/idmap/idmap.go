@@ -89,6 +89,36 @@ func (a *Allocator) Allocate(owner string) (Range, error) {
 	return a.rng(n), nil
 }
 
+// Reserve gives owner exactly r: a container that comes from another host (live migration) keeps
+// its range, because its files and CRIU images carry those host ids. r must be one of this
+// allocator's ranges (hosts use the same first and size) and free, or owner's already.
+func (a *Allocator) Reserve(owner string, r Range) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r.Size != a.size || r.Base < a.first || (r.Base-a.first)%a.size != 0 {
+		return errdefs.Invalid("id range %d+%d is not one of this host's (ranges of %d from %d): the hosts' id range settings differ",
+			r.Base, r.Size, a.size, a.first)
+	}
+	n := int((r.Base - a.first) / a.size)
+	if n >= a.max {
+		return errdefs.Invalid("id range %d+%d is beyond this host's ranges", r.Base, r.Size)
+	}
+	f, err := a.load()
+	if err != nil {
+		return err
+	}
+	for o, m := range f.Slots {
+		if m == n && o != owner {
+			return errdefs.Conflict("id range %d+%d is in use by %s on this host", r.Base, r.Size, o)
+		}
+	}
+	if m, ok := f.Slots[owner]; ok && m != n {
+		return errdefs.Conflict("%s already has id range %d here", owner, a.rng(m).Base)
+	}
+	f.Slots[owner] = n
+	return a.save(f)
+}
+
 // Lookup returns owner's range, if it has one.
 func (a *Allocator) Lookup(owner string) (Range, bool, error) {
 	a.mu.Lock()

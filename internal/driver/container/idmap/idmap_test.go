@@ -40,3 +40,34 @@ func TestAllocateReleasePersist(t *testing.T) {
 		t.Fatal("reopening with another base succeeded")
 	}
 }
+
+// A migrated container keeps its exact range; a taken or foreign range is refused.
+func TestReserve(t *testing.T) {
+	a, err := Open(filepath.Join(t.TempDir(), "idmap.json"), DefaultFirst, DefaultSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	third := Range{Base: DefaultFirst + 2*DefaultSize, Size: DefaultSize}
+	if err := a.Reserve("m", third); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reserve("m", third); err != nil {
+		t.Fatalf("reserving again: %v", err)
+	}
+	if r, ok, _ := a.Lookup("m"); !ok || r != third {
+		t.Fatalf("lookup %+v %v", r, ok)
+	}
+	if r, _ := a.Allocate("x"); r.Base != DefaultFirst {
+		t.Fatalf("allocate beside a reservation: %+v", r)
+	}
+	for name, r := range map[string]Range{
+		"taken":     third,
+		"unaligned": {Base: DefaultFirst + 1, Size: DefaultSize},
+		"size":      {Base: DefaultFirst, Size: 1000},
+		"below":     {Base: 0, Size: DefaultSize},
+	} {
+		if err := a.Reserve("other", r); err == nil {
+			t.Errorf("%s range %+v reserved", name, r)
+		}
+	}
+}

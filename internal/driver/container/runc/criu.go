@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"strconv"
 	"strings"
 )
 
@@ -19,6 +20,15 @@ type CheckpointOpts struct {
 	ManageCgroupsMode string
 	// EmptyNS lists namespaces (e.g. "network") CRIU creates empty instead of restoring.
 	EmptyNS []string
+	// LazyPages: a checkpoint leaves memory in the frozen tasks, served by a page server on
+	// PageServer (host:port; CRIU binds the port on every address unless its configuration file
+	// says otherwise) until a restore has pulled it; a restore takes memory from a `criu
+	// lazy-pages` daemon listening in its work path.
+	LazyPages  bool
+	PageServer string
+	// StatusFD (checkpoint, lazy) is runc's descriptor on which a NUL byte says the page server
+	// is ready; 0 is none.
+	StatusFD int
 }
 
 func (o CheckpointOpts) args() []string {
@@ -41,16 +51,30 @@ func (o CheckpointOpts) args() []string {
 	for _, ns := range o.EmptyNS {
 		a = append(a, "--empty-ns", ns)
 	}
+	if o.LazyPages {
+		a = append(a, "--lazy-pages")
+	}
 	return a
 }
 
-// Checkpoint dumps a running container with CRIU; unless LeaveRunning, it stops it.
-func (r *Runc) Checkpoint(ctx context.Context, id string, o CheckpointOpts) error {
+// CheckpointArgs is the command line (without the runc binary) of a checkpoint.
+func (r *Runc) CheckpointArgs(id string, o CheckpointOpts) []string {
 	args := append([]string{"checkpoint"}, o.args()...)
 	if o.LeaveRunning {
 		args = append(args, "--leave-running")
 	}
-	_, err := r.run(ctx, nil, append(args, id)...)
+	if o.PageServer != "" {
+		args = append(args, "--page-server", o.PageServer)
+	}
+	if o.StatusFD > 0 {
+		args = append(args, "--status-fd", strconv.Itoa(o.StatusFD))
+	}
+	return append(args, id)
+}
+
+// Checkpoint dumps a running container with CRIU; unless LeaveRunning, it stops it.
+func (r *Runc) Checkpoint(ctx context.Context, id string, o CheckpointOpts) error {
+	_, err := r.run(ctx, nil, r.CheckpointArgs(id, o)...)
 	return err
 }
 

@@ -58,9 +58,12 @@ type Exit struct {
 // "ok <init pid>" when the container exists and its console is held, or "error <message>".
 const ReadyFD = 3
 
-// Main runs the shim with args (after the re-exec marker): "run <config file>". It returns the
-// process exit code.
+// Main runs the shim with args (after the re-exec marker): "run <config file>", or the restore
+// hook "netns-hook <socket>" (see hook.go). It returns the process exit code.
 func Main(args []string) int {
+	if len(args) > 0 && args[0] == NetnsHookArg {
+		return netnsHook(args[1:], os.Stdin)
+	}
 	if len(args) != 2 || args[0] != "run" {
 		fmt.Fprintf(os.Stderr, "shim: usage: run <config.json> (got %q)\n", args)
 		return 2

@@ -1,0 +1,83 @@
+package container
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// sweepCgroup kills whatever still runs in a container's cgroup and removes the cgroup, in every
+// hierarchy (v1 and v2). `runc delete --force` does this for a container runc knows; a runc
+// restore killed midway (a cancelled context, a page server that never answers) leaves restored
+// tasks that runc never recorded: on a migration's destination that would be a second copy,
+// holding the instance's addresses.
+func sweepCgroup(cgroupPath string) error {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgroupPath)
+	if fi, err := os.Stat("/sys/fs/cgroup" + cgroupPath); err == nil && fi.IsDir() {
+		dirs = append(dirs, "/sys/fs/cgroup"+cgroupPath)
+	}
+	if len(dirs) == 0 {
+		return nil
+	}
+	for _, dir := range dirs { // frozen tasks take no signal
+		os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0o644)
+		os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0o644)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		pids := cgroupPids(dirs)
+		if len(pids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cgroup %s: processes %v do not die", cgroupPath, pids)
+		}
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, dir := range dirs {
+		removeCgroupTree(dir)
+	}
+	return nil
+}
+
+// cgroupPids lists the processes in the cgroups dirs and their descendants.
+func cgroupPids(dirs []string) []int {
+	seen := map[int]bool{}
+	var pids []int
+	for _, dir := range dirs {
+		filepath.WalkDir(dir, func(path string, de os.DirEntry, err error) error {
+			if err != nil || de.IsDir() || de.Name() != "cgroup.procs" {
+				return nil
+			}
+			data, _ := os.ReadFile(path)
+			for _, f := range strings.Fields(string(data)) {
+				if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+					seen[pid] = true
+					pids = append(pids, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return pids
+}
+
+// removeCgroupTree removes a cgroup and its children, deepest first (cgroup directories go
+// with rmdir only).
+func removeCgroupTree(dir string) {
+	var sub []string
+	filepath.WalkDir(dir, func(path string, de os.DirEntry, err error) error {
+		if err == nil && de.IsDir() {
+			sub = append(sub, path)
+		}
+		return nil
+	})
+	for i := len(sub) - 1; i >= 0; i-- {
+		os.Remove(sub[i])
+	}
+}
