@@ -20,6 +20,9 @@ const (
 	KeyMachine   = "vm.machine"         // q35 (default), pc or microvm; fixed at create
 	KeyFirmware  = "vm.firmware"        // bios (default) or uefi; fixed at create
 	KeyDriverISO = "windows.driver_iso" // an ISO attached as a CD-ROM (virtio drivers for the installer)
+	// KeyDiskDir puts the root disk in this directory (a shared pool's mount) as <dir>/<id>.qcow2
+	// instead of the instance dir; fixed at create. Such a disk is self-contained (see Create).
+	KeyDiskDir = "vm.disk_dir"
 )
 
 // Defaults when limits are unset.
@@ -38,6 +41,37 @@ type instanceConfig struct {
 	Base     string `json:"base"` // base disk under the overlay
 	// KernelCmdline is the image's default, appended to ours.
 	KernelCmdline string `json:"kernel_cmdline,omitempty"`
+	// Disk is the root disk's path when it is not the instance dir's root.qcow2 (a shared pool).
+	Disk string `json:"disk,omitempty"`
+	// MachineType pins a versioned machine type (pc-q35-7.2); set on migration destinations.
+	MachineType string `json:"machine_type,omitempty"`
+	// Incoming is set while an incoming migration is unfinished, Outgoing once an outgoing one
+	// completed and until it is aborted: migShared or migMirror. A shared disk is then not ours
+	// to delete.
+	Incoming string `json:"incoming,omitempty"`
+	Outgoing string `json:"outgoing,omitempty"`
+	// OutgoingPaused: the guest was paused before it migrated, so AbortOutgoing leaves it paused.
+	OutgoingPaused bool `json:"outgoing_paused,omitempty"`
+}
+
+// Migration disk modes.
+const (
+	migShared = "shared" // both hosts open the same disk file
+	migMirror = "mirror" // the destination's own disk, filled over NBD
+)
+
+// diskPath is where the instance's root disk lives.
+func (c *instanceConfig) diskPath(p paths) string {
+	if c.Disk != "" {
+		return c.Disk
+	}
+	return p.overlay
+}
+
+// ownsDisk says whether deleting the instance deletes a disk outside its dir: not while another
+// host runs from, or is about to take over, the same shared file.
+func (c *instanceConfig) ownsDisk() bool {
+	return c.Disk != "" && c.Incoming != migShared && c.Outgoing != migShared
 }
 
 // decideHardware reads the create-time keys.

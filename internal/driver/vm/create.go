@@ -45,6 +45,9 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 	if _, _, err := sizing(spec, cfg.Windows); err != nil {
 		return nil, err
 	}
+	if dir := spec.Config[KeyDiskDir]; dir != "" && !filepath.IsAbs(dir) {
+		return nil, errdefs.Invalid("%s %q: want an absolute path", KeyDiskDir, dir)
+	}
 	var reverts []func()
 	done := false
 	defer func() {
@@ -65,8 +68,17 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 	if err != nil {
 		return nil, err
 	}
-	cfg.Base = base
-	err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, p.overlay)
+	if dir := spec.Config[KeyDiskDir]; dir != "" {
+		// Base disks are host-local and not byte-identical between hosts (mkfs.ext4 picks UUIDs and
+		// times), so a disk another host may open carries its whole content, not a backing file.
+		cfg.Disk = filepath.Join(dir, spec.ID+".qcow2")
+		os.Remove(cfg.Disk) // what an interrupted Create left
+		err = qemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", base, cfg.Disk)
+		reverts = append(reverts, func() { os.Remove(cfg.Disk) })
+	} else {
+		cfg.Base = base
+		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, p.overlay)
+	}
 	unlockBase()
 	if err != nil {
 		return nil, err
@@ -99,6 +111,11 @@ func (d *Driver) Delete(ctx context.Context, h *driver.Handle) error {
 		return err
 	}
 	defer d.lock(h.ID)()
+	return d.remove(ctx, h)
+}
+
+// remove is Delete with the instance lock held.
+func (d *Driver) remove(ctx context.Context, h *driver.Handle) error {
 	p := d.paths(h.ID)
 	d.dropAgent(h.ID)
 	if pid := d.qemuPID(p); pid > 0 {
@@ -109,6 +126,11 @@ func (d *Driver) Delete(ctx context.Context, h *driver.Handle) error {
 	readJSON(p.config, &cfg)
 	if err := os.RemoveAll(p.run); err != nil {
 		return err
+	}
+	if cfg.ownsDisk() {
+		if err := os.Remove(cfg.Disk); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
 	if err := os.RemoveAll(p.dir); err != nil {
 		return err
@@ -197,6 +219,16 @@ func (d *Driver) ovmf(windows bool) ovmfFiles {
 // handleState is the driver's part of the persisted handle.
 type handleState struct {
 	PID int `json:"pid,omitempty"`
+	// Source is what PrepareOutgoing recorded for a migration destination; it travels in the handle.
+	Source *sourceState `json:"source,omitempty"`
+}
+
+func getState(h *driver.Handle) handleState {
+	var s handleState
+	if len(h.DriverState) > 0 {
+		json.Unmarshal(h.DriverState, &s)
+	}
+	return s
 }
 
 func setState(h *driver.Handle, s handleState) {

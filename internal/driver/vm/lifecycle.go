@@ -49,13 +49,22 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 func (d *Driver) powerdown(ctx context.Context, p paths, pid int, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
+		migrating := false
 		err := withQMP(ctx, p, func(c *qmp.Client) error {
 			st, err := c.QueryStatus(ctx)
-			if err == nil && st.Status != qmp.StateRunning {
+			switch {
+			case err != nil:
+			case migratingState(st.Status):
+				migrating = true // the guest runs elsewhere, or not yet: cont would start it here
+				return nil
+			case st.Status != qmp.StateRunning:
 				c.Cont(ctx) // a paused guest cannot see the button
 			}
 			return c.SystemPowerdown(ctx)
 		})
+		if migrating {
+			return
+		}
 		if err != nil && !alive(pid, p.qmp) {
 			return
 		}
@@ -142,7 +151,8 @@ func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
 	}
 	defer d.lock(h.ID)()
 	p := d.paths(h.ID)
-	if _, err := loadConfig(p); err != nil {
+	cfg, err := loadConfig(p)
+	if err != nil {
 		return err
 	}
 	pid := d.qemuPID(p)
@@ -150,9 +160,14 @@ func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
 		d.afterExit(ctx, h, p)
 		return nil
 	}
-	err := withQMP(ctx, p, func(c *qmp.Client) error {
-		_, err := c.QueryStatus(ctx)
-		return err
+	err = withQMP(ctx, p, func(c *qmp.Client) error {
+		if _, err := c.QueryStatus(ctx); err != nil {
+			return err
+		}
+		if cfg.Incoming == "" {
+			return cancelOrphanedMigration(ctx, c)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("vm: re-attaching to qemu (pid %d): %w", pid, err)
@@ -168,7 +183,26 @@ func (d *Driver) Pause(ctx context.Context, h *driver.Handle) error {
 
 // Resume lets the vCPUs run again.
 func (d *Driver) Resume(ctx context.Context, h *driver.Handle) error {
-	return d.qmpRunning(ctx, h, func(c *qmp.Client) error { return c.Cont(ctx) })
+	return d.qmpRunning(ctx, h, func(c *qmp.Client) error {
+		st, err := c.QueryStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if migratingState(st.Status) {
+			return errdefs.Conflict("vm: the guest is %s: FinishIncoming or AbortOutgoing resume it", st.Status)
+		}
+		return c.Cont(ctx)
+	})
+}
+
+// migratingState says whether a run state belongs to a migration's two ends, where cont would
+// resume a guest that may run on the other host.
+func migratingState(s string) bool {
+	switch s {
+	case qmp.StateInMigrate, qmp.StatePostMigrate, qmp.StateFinishMigrate:
+		return true
+	}
+	return false
 }
 
 func (d *Driver) qmpRunning(ctx context.Context, h *driver.Handle, fn func(*qmp.Client) error) error {

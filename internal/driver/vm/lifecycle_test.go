@@ -171,6 +171,7 @@ func TestPauseResumeAndState(t *testing.T) {
 	f := newFakeVM(t,
 		qmptest.Expect("stop").EventBefore("STOP", nil),
 		qmptest.Expect("query-status").Return(map[string]any{"running": false, "status": "paused"}),
+		qmptest.Expect("query-status").Return(map[string]any{"running": false, "status": "paused"}), // Resume's check
 		qmptest.Expect("cont").EventBefore("RESUME", nil),
 		qmptest.Expect("query-status").Return(running()),
 	)
@@ -205,7 +206,8 @@ func TestStateOfDeadAndUnknown(t *testing.T) {
 }
 
 func TestRecoverChecksMonitor(t *testing.T) {
-	f := newFakeVM(t, qmptest.Expect("query-status").Return(running()))
+	f := newFakeVM(t, qmptest.Expect("query-status").Return(running()),
+		qmptest.Expect("query-migrate").Return(map[string]any{})) // no orphaned migration to cancel
 	if err := f.d.Recover(ctx(t), f.h); err != nil {
 		t.Fatal(err)
 	}

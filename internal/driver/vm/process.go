@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -132,8 +133,28 @@ func dialQMP(ctx context.Context, p paths) (*qmp.Client, error) {
 	return qmp.Dial(ctx, p.qmp)
 }
 
-// withQMP runs fn on a fresh QMP connection.
+// held are monitor connections a long operation (a migration) keeps open, by socket path. QEMU
+// serves one QMP client at a time, so short calls borrow the held one rather than queue behind it.
+var held sync.Map // qmp socket path -> *qmp.Client
+
+// holdQMP dials the instance's monitor and lends it to withQMP until release.
+func holdQMP(ctx context.Context, p paths) (*qmp.Client, func(), error) {
+	c, err := dialQMP(ctx, p)
+	if err != nil {
+		return nil, nil, err
+	}
+	held.Store(p.qmp, c)
+	return c, func() {
+		held.CompareAndDelete(p.qmp, c)
+		c.Close()
+	}, nil
+}
+
+// withQMP runs fn on the held connection, or else on a fresh one.
 func withQMP(ctx context.Context, p paths, fn func(*qmp.Client) error) error {
+	if c, ok := held.Load(p.qmp); ok {
+		return fn(c.(*qmp.Client))
+	}
 	c, err := dialQMP(ctx, p)
 	if err != nil {
 		return err

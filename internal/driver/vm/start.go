@@ -12,6 +12,7 @@ import (
 	"tandem/internal/driver/vm/qemucmd"
 	"tandem/internal/errdefs"
 	"tandem/internal/progress"
+	"tandem/internal/qmp"
 )
 
 // Start bounds: QEMU must answer QMP this soon after exec, swtpm must open its socket.
@@ -35,9 +36,34 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) error {
 	if d.qemuPID(p) > 0 {
 		return errdefs.Conflict("vm: instance is already running")
 	}
+	if cfg.Incoming != "" {
+		return errdefs.Conflict("vm: an incoming migration is unfinished: FinishIncoming or AbortIncoming")
+	}
+	if cfg.Outgoing != "" {
+		return errdefs.Conflict("vm: the instance migrated to another host: Release, or AbortOutgoing if it does not run there")
+	}
 	d.afterExit(ctx, h, p) // leftovers of a VM that died behind our back
-	if err := os.MkdirAll(p.run, 0o700); err != nil {
+	pid, c, err := d.launch(ctx, h, cfg, p, nil)
+	if err != nil {
 		return err
+	}
+	defer c.Close()
+	progress.Report(ctx, 80, "resuming vcpus")
+	if err := c.Cont(ctx); err != nil {
+		d.kill(pid, p.qmp)
+		d.afterExit(context.WithoutCancel(ctx), h, p)
+		return fmt.Errorf("vm: %w", err)
+	}
+	setState(h, handleState{PID: pid})
+	progress.Report(ctx, 100, "running")
+	return nil
+}
+
+// launch starts QEMU paused for cfg (adjust, if set, changes the command line) and returns its pid
+// and monitor. On failure nothing of it is left running.
+func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfig, p paths, adjust func(*qemucmd.Config)) (int, *qmp.Client, error) {
+	if err := os.MkdirAll(p.run, 0o700); err != nil {
+		return 0, nil, err
 	}
 	var reverts []func()
 	ok := false
@@ -48,44 +74,40 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) error {
 			}
 		}
 	}()
-	reverts = append(reverts, func() { d.afterExit(context.Background(), h, p) })
+	reverts = append(reverts, func() { d.afterExit(context.WithoutCancel(ctx), h, p) })
 
 	progress.Report(ctx, 10, "preparing boot files")
 	qc, err := d.qemuConfig(ctx, h, cfg, p)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	if err := d.handOver(p); err != nil {
-		return fmt.Errorf("vm: handing files to the qemu user: %w", err)
+	if adjust != nil {
+		adjust(&qc)
+	}
+	if err := d.handOver(p, cfg); err != nil {
+		return 0, nil, fmt.Errorf("vm: handing files to the qemu user: %w", err)
 	}
 	if qc.TPMSocket != "" {
 		if err := d.startSwtpm(ctx, p); err != nil {
-			return err
+			return 0, nil, err
 		}
 	}
 	args, err := qemucmd.Build(qc)
 	if err != nil {
-		return errdefs.Invalid("vm: %v", err)
+		return 0, nil, errdefs.Invalid("vm: %v", err)
 	}
 	progress.Report(ctx, 40, "starting qemu")
 	pid, exited, err := d.spawn(d.opts.QEMU, args, p.qemuLog)
 	if err != nil {
-		return fmt.Errorf("vm: starting qemu: %w", err)
+		return 0, nil, fmt.Errorf("vm: starting qemu: %w", err)
 	}
 	reverts = append(reverts, func() { d.kill(pid, p.qmp) })
 	c, err := waitQMP(ctx, p, exited, qmpStartTimeout)
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	defer c.Close()
-	progress.Report(ctx, 80, "resuming vcpus")
-	if err := c.Cont(ctx); err != nil {
-		return fmt.Errorf("vm: %w", err)
-	}
-	setState(h, handleState{PID: pid})
 	ok = true
-	progress.Report(ctx, 100, "running")
-	return nil
+	return pid, c, nil
 }
 
 // qemuConfig turns the instance's spec and create-time choices into a command-line config.
@@ -95,9 +117,9 @@ func (d *Driver) qemuConfig(ctx context.Context, h *driver.Handle, cfg instanceC
 		return qemucmd.Config{}, err
 	}
 	qc := qemucmd.Config{
-		Name: cfg.Name, Machine: cfg.Machine, Accel: resolveAccel(d.opts.Accel),
+		Name: cfg.Name, Machine: cfg.Machine, MachineType: cfg.MachineType, Accel: resolveAccel(d.opts.Accel),
 		VCPUs: vcpus, MemoryMiB: mem,
-		Disks:     []qemucmd.Disk{{ID: "root", Path: p.overlay, Format: "qcow2"}},
+		Disks:     []qemucmd.Disk{{ID: "root", Path: cfg.diskPath(p), Format: "qcow2"}},
 		QMPSocket: p.qmp, ConsoleSocket: p.console, ConsoleLog: p.consoleLog,
 		AgentSocket: p.agent, PIDFile: p.pidfile,
 		Windows: cfg.Windows, StartPaused: true,

@@ -5,7 +5,11 @@
 //
 // Files: <Dir>/instances/<id>/ holds an instance's overlay disk, logs and config; <Dir>/bases/ the
 // per-image ext4 base disks; <Dir>/boot/ the initramfs. <RunDir>/<id>/ holds the sockets and pidfiles,
-// kept short because a unix socket path has at most 107 bytes.
+// kept short because a unix socket path has at most 107 bytes. A root disk on a shared pool lives
+// in the directory vm.disk_dir names instead.
+//
+// Live migration: migcheck.go (what the handle carries to the destination, CanRun), incoming.go
+// (destination), outgoing.go (source, and the sequence the daemon follows).
 package vm
 
 import (
@@ -156,14 +160,19 @@ func credential(name string) (*syscall.Credential, error) {
 	return cred, nil
 }
 
-// handOver gives an instance's files to QEMU's user before a start.
-func (d *Driver) handOver(p paths) error {
+// handOver gives an instance's files (and a root disk outside its dir) to QEMU's user before a start.
+func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 	if d.cred == nil {
 		return nil
 	}
 	uid, gid := int(d.cred.Uid), int(d.cred.Gid)
 	if err := os.Chown(p.run, uid, gid); err != nil {
 		return err
+	}
+	if cfg.Disk != "" {
+		if err := os.Chown(cfg.Disk, uid, gid); err != nil {
+			return err
+		}
 	}
 	return filepath.WalkDir(p.dir, func(path string, _ os.DirEntry, err error) error {
 		if err != nil {
@@ -176,7 +185,7 @@ func (d *Driver) handOver(p paths) error {
 // Info reports whether QEMU and the guest kernel are here.
 func (d *Driver) Info(ctx context.Context) driver.Info {
 	info := driver.Info{Name: "vm", Version: "1",
-		Capabilities: []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats}}
+		Capabilities: []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats, driver.CapMigrate}}
 	d.mu.Lock()
 	version := d.version
 	d.mu.Unlock()

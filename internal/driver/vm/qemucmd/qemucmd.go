@@ -35,6 +35,9 @@ type Config struct {
 	CPU       string // CPU model; "" = host under KVM, max otherwise
 	VCPUs     int
 	MemoryMiB int
+	// MachineType pins a versioned type of Machine's family (pc-q35-7.2): a migration destination
+	// must run the source's, which the bare alias only names on the same QEMU version. "" = latest.
+	MachineType string
 
 	// Direct kernel boot when Kernel is set; otherwise the firmware boots the first disk.
 	Kernel, Initrd, Append string
@@ -55,6 +58,9 @@ type Config struct {
 	Windows      bool // RTC in local time and (under KVM) the Hyper-V enlightenments
 	HotplugPorts int  // free pcie-root-ports for later hotplug (q35)
 	StartPaused  bool // -S: vCPUs wait for QMP cont
+	// Incoming waits for a migration stream instead of booting: "defer" lets QMP migrate-incoming
+	// set the address after the capabilities.
+	Incoming string
 }
 
 // Firmware selects UEFI when Code is set; the zero value is SeaBIOS (qboot on microvm).
@@ -109,6 +115,9 @@ func (c *Config) Validate() error {
 	if c.Kernel == "" && len(c.Disks) == 0 {
 		return fmt.Errorf("nothing to boot: no kernel and no disk")
 	}
+	if t := c.MachineType; t != "" && !strings.HasPrefix(t, machinePrefix[c.machine()]) {
+		return fmt.Errorf("machine type %q is not of the %s family", t, c.machine())
+	}
 	micro := c.machine() == MicroVM
 	if micro && (c.Firmware.Code != "" || len(c.CDROMs) > 0 || c.TPMSocket != "" || c.HotplugPorts > 0 || c.Windows) {
 		return fmt.Errorf("microvm has no UEFI, CD-ROM, TPM, hotplug or Windows support: use q35")
@@ -132,6 +141,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// machinePrefix is how the versioned types of each family start (pc-q35-7.2, pc-i440fx-7.2).
+var machinePrefix = map[string]string{Q35: "pc-q35-", PC: "pc-i440fx-", MicroVM: "microvm"}
 
 func (c *Config) machine() string {
 	if c.Machine == "" {
@@ -171,6 +183,9 @@ func Build(c Config) ([]string, error) {
 	if c.StartPaused {
 		b.add("-S")
 	}
+	if c.Incoming != "" {
+		b.add("-incoming", c.Incoming)
+	}
 	b.add("-chardev", opts("socket", "id=qmp", "path="+esc(c.QMPSocket), "server=on", "wait=off"),
 		"-mon", "chardev=qmp,mode=control")
 	console := []string{"socket", "id=serial0", "path=" + esc(c.ConsoleSocket), "server=on", "wait=off"}
@@ -201,6 +216,9 @@ func (b *builder) add(a ...string) { b.args = append(b.args, a...) }
 func (b *builder) machineArgs() {
 	c := b.c
 	m := []string{c.machine()}
+	if c.MachineType != "" {
+		m[0] = c.MachineType
+	}
 	if c.Firmware.SecureBoot {
 		m = append(m, "smm=on")
 	}
