@@ -162,15 +162,11 @@ func (d *Driver) listenIncoming(ctx context.Context, c *qmp.Client, opts Incomin
 // source's MigrateOut returned). From then on the guest runs here and the source may be released;
 // on error the guest does not run here and the source may resume (AbortIncoming, AbortOutgoing).
 func (d *Driver) FinishIncoming(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if cfg.Incoming == "" {
 		return errdefs.Conflict("vm: no incoming migration to finish")
 	}

@@ -146,15 +146,11 @@ func statusOf(s string) driver.Status {
 // Recover re-attaches after a daemon restart: nothing is held open between calls, so it checks
 // that a running VM's monitor answers and tidies up after one that died meanwhile.
 func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	pid := d.qemuPID(p)
 	if pid == 0 {
 		d.afterExit(ctx, h, p)

@@ -41,15 +41,11 @@ const migrationMemoryHeadroom = 128 << 20
 // a destination needs: send the handle, as the daemon persists it, to the destination's CanRun and
 // PrepareIncoming. It changes nothing in the VM.
 func (d *Driver) PrepareOutgoing(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if err := migratable(cfg); err != nil {
 		return err
 	}

@@ -425,15 +425,11 @@ func undoOutgoing(ctx context.Context, c *qmp.Client, resume bool) error {
 // it: call it only once the destination's QEMU is known gone or never resumed (its FinishIncoming
 // failed and AbortIncoming succeeded). The guest runs here again, as before the migration.
 func (d *Driver) AbortOutgoing(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if d.qemuPID(p) == 0 {
 		// Nothing to take back: the guest's running state is lost. Clearing the mark lets Start
 		// boot it afresh from its disk.
@@ -453,15 +449,11 @@ func (d *Driver) AbortOutgoing(ctx context.Context, h *driver.Handle) error {
 // source QEMU and removes the instance's files here, and its disk unless that is shared. The
 // daemon then forgets the instance on this host (Delete is not needed).
 func (d *Driver) Release(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if cfg.Outgoing == "" {
 		return errdefs.Conflict("vm: no completed outgoing migration to release")
 	}

@@ -24,15 +24,11 @@ const (
 // Start launches QEMU paused (-S), waits for its monitor, then lets the vCPUs run. It returns once
 // the VM runs; the guest boots on its own (WaitAgent waits for it).
 func (d *Driver) Start(ctx context.Context, h *driver.Handle) error {
-	if err := checkID(h.ID); err != nil {
-		return err
-	}
-	defer d.lock(h.ID)()
-	p := d.paths(h.ID)
-	cfg, err := loadConfig(p)
+	p, cfg, unlock, err := d.openLocked(h)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if d.qemuPID(p) > 0 {
 		return errdefs.Conflict("vm: instance is already running")
 	}

@@ -261,6 +261,22 @@ func (d *Driver) ConsoleLog(ctx context.Context, h *driver.Handle) (io.ReadClose
 }
 
 // lock serialises lifecycle operations on one instance within this driver.
+// openLocked checks the handle's id, takes the instance's lock and loads its config: the prologue of
+// every call that changes a VM. The caller defers unlock.
+func (d *Driver) openLocked(h *driver.Handle) (paths, instanceConfig, func(), error) {
+	if err := checkID(h.ID); err != nil {
+		return paths{}, instanceConfig{}, nil, err
+	}
+	unlock := d.lock(h.ID)
+	p := d.paths(h.ID)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		unlock()
+		return p, cfg, nil, err
+	}
+	return p, cfg, unlock, nil
+}
+
 func (d *Driver) lock(id string) func() {
 	d.mu.Lock()
 	l, ok := d.locks[id]
