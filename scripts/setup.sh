@@ -332,10 +332,21 @@ install_guest_kernel() {
 }
 
 # ---------------------------------------------------------------------------------------------------
+# /dev/net/tun as Debian's udev rules leave it (0666): without udev it stays 0600, and a QEMU run as an
+# unprivileged user (tandemd --vm-user) could not open the taps made for it. Opening the device gives
+# nothing by itself: only taps owned by the caller can be attached.
+tun_device() {
+	if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+		log "/dev/net/tun: mode 0666, as udev sets it"
+		chmod 0666 /dev/net/tun
+	fi
+}
+
 preflight
 install_packages
 install_criu
 install_guest_kernel
+tun_device
 if [ $CHECK = 1 ]; then
 	log "CRIU check (scripts/check-criu.sh)"
 	bash "$HERE/check-criu.sh"

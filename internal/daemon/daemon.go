@@ -46,6 +46,8 @@ type Config struct {
 	DefaultNetwork bool
 	// Accel is the VM accelerator: auto, kvm or tcg.
 	Accel string
+	// VMUser, if set, is the unprivileged user QEMU runs as (taps are made for it).
+	VMUser string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
 }
@@ -74,6 +76,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if err := os.Chmod(cfg.Dir, 0o711); err != nil {
 		return err
+	}
+	// The run dir too: an unprivileged QEMU (--vm-user) writes its pidfile and sockets below it.
+	run := RunDir(cfg.Dir)
+	if err := os.MkdirAll(run, 0o711); err != nil {
+		return fmt.Errorf("create run dir: %w", err)
+	}
+	for _, d := range []string{filepath.Dir(run), run} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return err
+		}
 	}
 	// The socket path must fit a sockaddr_un.
 	if len(SocketPath(cfg.Dir)) > 107 {
@@ -228,7 +240,8 @@ func startNetworks(ctx context.Context, cfg Config) (*network.Manager, error) {
 	if !cfg.Networking {
 		return nil, nil
 	}
-	nm, err := network.NewManager(network.Options{Dir: filepath.Join(cfg.Dir, "networks"), RunDir: filepath.Join(RunDir(cfg.Dir), "net")})
+	nm, err := network.NewManager(network.Options{Dir: filepath.Join(cfg.Dir, "networks"),
+		RunDir: filepath.Join(RunDir(cfg.Dir), "net"), TapUser: cfg.VMUser})
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,7 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			RunDir: filepath.Join(RunDir(cfg.Dir), "v"),
 			Images: images,
 			Accel:  cfg.Accel,
+			User:   cfg.VMUser,
 			// Without managed networks a VM gets QEMU's user-mode network.
 			UserNetwork: networks == nil,
 		}

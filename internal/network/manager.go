@@ -44,6 +44,8 @@ type Options struct {
 	// DnsmasqUser is the user dnsmasq drops to (default "root"). It must be able to read Dir on
 	// every SIGHUP, which a 0700 daemon dir does not allow to anyone else.
 	DnsmasqUser string
+	// TapUser, if set, owns the taps made for VMs, so that a QEMU running as that user can open them.
+	TapUser string
 }
 
 // Config is what an operator gives to create a network.

@@ -48,12 +48,16 @@ func (m *Manager) PlugVeth(ctx context.Context, network string, lease Lease, net
 	})
 }
 
-// PlugTap creates a tap for a VM's NIC on the network's bridge, owned by root, single queue; QEMU
+// PlugTap creates a tap for a VM's NIC on the network's bridge, owned by Options.TapUser (else root), single queue; QEMU
 // opens it with -netdev tap,ifname=NAME,script=no,downscript=no and gives the guest the lease's MAC.
 // A tap that already exists is kept (QEMU may hold it open), only re-attached.
 func (m *Manager) PlugTap(ctx context.Context, network string, lease Lease, tapName string) error {
 	return m.plug(ctx, network, lease, tapName, "tap", func(hostIf string) error {
-		_, err := run(ctx, "", "ip", "tuntap", "add", "dev", hostIf, "mode", "tap")
+		args := []string{"ip", "tuntap", "add", "dev", hostIf, "mode", "tap"}
+		if m.opts.TapUser != "" {
+			args = append(args, "user", m.opts.TapUser)
+		}
+		_, err := run(ctx, "", args[0], args[1:]...)
 		if err != nil {
 			return fmt.Errorf("create tap: %w", err)
 		}

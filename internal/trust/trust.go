@@ -78,7 +78,9 @@ func (t Trusted) Contains(der []byte) bool {
 	return err == nil
 }
 
-func writeCert(path string, pemData []byte) error { return fsutil.WriteFileAtomic(path, pemData, 0o600) }
+func writeCert(path string, pemData []byte) error {
+	return fsutil.WriteFileAtomic(path, pemData, 0o600)
+}
 
 // ServerConfig is a TLS config that presents cert and asks every client for a certificate. Whether
 // that certificate is trusted is checked per request (IsTrusted): an untrusted client may still present

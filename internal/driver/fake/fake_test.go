@@ -16,7 +16,9 @@ func TestConformanceInMemory(t *testing.T) {
 			d, _ := New(Options{})
 			return d
 		},
-		Spec: func(t *testing.T, name string) *driver.Spec { return &driver.Spec{Name: name, Type: "container", Image: "busybox"} },
+		Spec: func(t *testing.T, name string) *driver.Spec {
+			return &driver.Spec{Name: name, Type: "container", Image: "busybox"}
+		},
 	})
 }
 
@@ -29,7 +31,9 @@ func TestConformancePersisted(t *testing.T) {
 			}
 			return d
 		},
-		Spec: func(t *testing.T, name string) *driver.Spec { return &driver.Spec{Name: name, Type: "vm", Image: "busybox"} },
+		Spec: func(t *testing.T, name string) *driver.Spec {
+			return &driver.Spec{Name: name, Type: "vm", Image: "busybox"}
+		},
 	})
 }
 
