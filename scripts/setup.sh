@@ -42,7 +42,7 @@ GUEST_MODULES=(virtio_ring virtio virtio_pci virtio_pci_modern_dev virtio_pci_le
 
 RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils runc busybox-static iproute2 nftables dnsmasq-base btrfs-progs
 	e2fsprogs debootstrap ovmf swtpm swtpm-tools zstd xz-utils lxcfs uidmap socat kmod file binutils curl
-	ca-certificates)
+	ca-certificates procps)
 CRIU_BUILD_PACKAGES=(build-essential pkg-config python3 python3-protobuf protobuf-compiler protobuf-c-compiler
 	libprotobuf-dev libprotobuf-c-dev libnl-3-dev libnet1-dev libcap-dev libaio-dev libgnutls28-dev libbsd-dev
 	libnftables-dev uuid-dev)
