@@ -172,22 +172,25 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
 		return nil, err
 	}
+	// Any failure from here on gives back what was just reserved for new devices.
+	releaseAdded := func() {
+		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
+		m.detachVolumes(name, devices, diskNames(rec.Desired.Devices, devices))
+	}
 	spec := rec.Handle.Spec
 	spec.Config, spec.Devices = config, devices
 	if u, ok := drv.(driver.Updater); ok {
 		if err := u.Update(ctx, rec.Handle, &spec); err != nil {
-			m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
+			releaseAdded()
 			return nil, fmt.Errorf("apply change to %s: %w", name, err)
 		}
 	}
 	if err := m.hotplugNICs(ctx, drv, rec, devices); err != nil {
-		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
-		m.detachVolumes(name, devices, diskNames(rec.Desired.Devices, devices))
+		releaseAdded()
 		return nil, err
 	}
 	if err := m.hotplugDisks(ctx, drv, rec, devices); err != nil {
-		m.detachNICs(name, devices, removedNICs(devices, rec.Desired.Devices))
-		m.detachVolumes(name, devices, diskNames(rec.Desired.Devices, devices))
+		releaseAdded()
 		return nil, err
 	}
 	m.detachNICs(name, rec.Desired.Devices, removedNICs(rec.Desired.Devices, devices))
