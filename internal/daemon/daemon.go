@@ -25,6 +25,7 @@ import (
 	"tandem/internal/hostinfo"
 	"tandem/internal/image"
 	"tandem/internal/instance"
+	"tandem/internal/migrate"
 	"tandem/internal/network"
 	"tandem/internal/operations"
 	"tandem/internal/server"
@@ -135,15 +136,18 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		instances.SetNetworks(networks, defaultNet)
 	}
-	if err := instances.Recover(ctx); err != nil {
-		return fmt.Errorf("recover instances: %w", err)
-	}
-
 	host, _ := os.Hostname()
 	cert, err := trust.EnsureKeyPair(cfg.Dir, host)
 	if err != nil {
 		return err
 	}
+	migrations := migrate.New(migrate.Config{Instances: instances, Images: images, Store: st, Cert: cert,
+		Dir: filepath.Join(cfg.Dir, "migrations"), RunDir: filepath.Join(run, "m")})
+	instances.SetMigrationRecovery(migrations)
+	if err := instances.Recover(ctx); err != nil {
+		return fmt.Errorf("recover instances: %w", err)
+	}
+
 	trusted := trust.Trusted{Dir: filepath.Join(cfg.Dir, "trust")}
 	var addrs []string
 	if cfg.Listen != "" {
@@ -151,7 +155,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv := &server.Server{Trust: server.Trust{Store: st, Trusted: trusted, Cert: cert, Addresses: addrs},
 		Instances: instances, Operations: ops, Events: hub, Drivers: drivers, Networks: networks, Storage: volumes,
-		Images: images, ImageCache: imageCache, Dir: cfg.Dir}
+		Images: images, ImageCache: imageCache, Migrations: migrations, Dir: cfg.Dir}
 	// Handlers (event streams, waits) end when baseCtx does, so shutdown does not hang on them.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()

@@ -45,6 +45,7 @@ type Manager struct {
 	busy map[string]string // instance name -> id of the operation holding it
 	// diskCleanups gives back the volumes plugged into running instances ("instance/disk").
 	diskCleanups map[string]diskCleanup
+	migRecovery  MigrationRecovery
 }
 
 // NewManager wires a control plane.

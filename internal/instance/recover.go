@@ -28,6 +28,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 			m.observe(rec.Name, api.StatusError, err.Error())
 			continue
 		}
+		if m.recoverMigration(ctx, rec) {
+			continue
+		}
 		switch rec.Pending {
 		case store.PendingCreate:
 			log.Warn("rolling back a create that was interrupted")

@@ -16,6 +16,7 @@ import (
 	"tandem/internal/hostinfo"
 	"tandem/internal/image"
 	"tandem/internal/instance"
+	"tandem/internal/migrate"
 	"tandem/internal/network"
 	"tandem/internal/operations"
 	"tandem/internal/storage"
@@ -33,6 +34,8 @@ type Server struct {
 	Images     *image.Store
 	ImageCache *image.RootfsCache
 	Trust      Trust
+	// Migrations is nil when this daemon does not move instances (the fake driver's tests).
+	Migrations *migrate.Engine
 	Dir        string
 
 	hostMu   sync.Mutex
@@ -63,6 +66,7 @@ func (s *Server) Handler() http.Handler {
 	s.registerExec(mux)
 	s.registerTrust(mux)
 	s.registerFiles(mux)
+	s.registerMigrations(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

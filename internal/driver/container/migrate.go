@@ -343,3 +343,20 @@ func emptyDir(dir string) error {
 	}
 	return nil
 }
+
+// MarkMoved hands a stopped container to another host (a cold move): Start is refused from now
+// on and Release drops it.
+func (d *Driver) MarkMoved(ctx context.Context, h *driver.Handle) error {
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return err
+	}
+	if s, err := d.State(ctx, h); err != nil || s != driver.StatusStopped {
+		return errdefs.Conflict("container %s is not stopped (%s, %v): a cold move needs it stopped", h.ID, s, err)
+	}
+	if st.Migration != "" && st.Migration != migMoved {
+		return errdefs.Conflict("container %s is mid-migration (%s)", h.ID, st.Migration)
+	}
+	st.Migration, st.Checkpoint, st.CheckpointDir = migMoved, false, ""
+	return d.save(h, st)
+}

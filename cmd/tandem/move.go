@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"tandem/api"
+	"tandem/internal/units"
+)
+
+func init() { register(newMoveCmd) }
+
+func newMoveCmd(a *app) *cobra.Command {
+	var req api.InstanceMovePost
+	var bandwidth string
+	cmd := &cobra.Command{
+		Use:   "move INSTANCE --target REMOTE [--live] [--bandwidth 50MiB]",
+		Short: "Move an instance to another host, keeping its name, MAC and addresses",
+		Long: "Move a stopped instance (cold), or with --live a running one without stopping it. The\n" +
+			"instance's root is copied unless it is on a shared pool; --bandwidth caps the transfer per second.",
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if bandwidth != "" {
+				n, err := units.ParseSize(bandwidth)
+				if err != nil {
+					return fmt.Errorf("--bandwidth: %w", err)
+				}
+				req.MaxBandwidth = int64(n)
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			op, err := c.MoveInstance(ctx(cmd), args[0], req)
+			if err != nil {
+				return err
+			}
+			final, err := a.wait(ctx(cmd), c, op, fmt.Sprintf("Moving %s to %s", args[0], req.Target))
+			if err != nil {
+				return err
+			}
+			if final.Status != api.OpSuccess {
+				return fmt.Errorf("%s", final.Err)
+			}
+			fmt.Fprintln(a.stdout, describeMove(args[0], req.Target, final))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Target, "target", "", "remote to move to (tandem remote add)")
+	cmd.Flags().BoolVar(&req.Live, "live", false, "move a running instance without stopping it")
+	cmd.Flags().StringVar(&bandwidth, "bandwidth", "", "cap the transfer, bytes per second (e.g. 50MiB)")
+	cmd.MarkFlagRequired("target")
+	return cmd
+}
+
+// describeMove says how a move went, from the operation's result.
+func describeMove(name, target string, op *api.Operation) string {
+	var res api.MigrationResult
+	if raw, err := json.Marshal(op.Metadata["result"]); err == nil {
+		json.Unmarshal(raw, &res)
+	}
+	ms := func(n int64) string { return (time.Duration(n) * time.Millisecond).String() }
+	s := fmt.Sprintf("Moved %s to %s (%s) in %s", name, target, res.Mode, ms(res.TotalMillis))
+	if res.FreezeMillis > 0 {
+		s += ", frozen " + ms(res.FreezeMillis)
+	}
+	if res.DowntimeMillis > 0 {
+		s += ", downtime " + ms(res.DowntimeMillis)
+	}
+	if res.BytesSent > 0 {
+		s += ", sent " + units.FormatSize(uint64(res.BytesSent))
+	}
+	return s
+}

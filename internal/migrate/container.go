@@ -1,0 +1,132 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"tandem/api"
+	"tandem/internal/driver/container"
+)
+
+// moveContainer follows internal/driver/container/MIGRATION.md: the rootfs goes while the
+// container runs (unless shared), then freeze and dump, what changed and the dump go, and the
+// destination restores. Cold: the rootfs goes and the destination takes the record.
+func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) error {
+	cd, err := containerOf(o.drv)
+	if err != nil {
+		return err
+	}
+	h := o.rec.Handle
+	if o.live && !cd.MigrationFeatures(ctx).CRIU {
+		return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
+	}
+	o.step(5, "preparing "+o.remote)
+	if err := o.prepare(ctx, post); err != nil {
+		return err
+	}
+	root := cd.RootfsPath(h)
+	if o.shared == "" {
+		if err := o.rsync(ctx, root, "rootfs", 5, 45, "copying the root filesystem"); err != nil {
+			o.abortRemote()
+			return err
+		}
+	}
+	if err := o.e.Instances.MarkOutgoing(o.rec.Name, o.id, o.remote); err != nil {
+		o.abortRemote()
+		return err
+	}
+	if !o.live {
+		o.result.Mode = "cold"
+		if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
+			o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+			return err
+		}
+		if err := o.commitRemote(ctx); err != nil {
+			return o.undecidedOr(err, func() error { return nil })
+		}
+		if err := cd.MarkMoved(ctx, h); err != nil {
+			return err
+		}
+		return o.releaseContainer(ctx, cd, "")
+	}
+
+	o.result.Mode = "live-copy"
+	dumpDir := filepath.Join(o.e.Dir, "outgoing", o.id)
+	if o.shared != "" {
+		o.result.Mode = "live-shared"
+		dumpDir = filepath.Join(filepath.Dir(o.shared), ".tandem-migrate", o.id)
+	}
+	defer os.RemoveAll(dumpDir)
+	o.step(50, "freezing and dumping")
+	frozen := time.Now()
+	_, err = cd.Dump(ctx, h, container.DumpOpts{Dir: dumpDir, TCPEstablished: true})
+	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
+	if err != nil {
+		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+		o.abortRemote()
+		return err
+	}
+	resume := func(cause error) error {
+		o.abortRemote()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		err := cd.AbortDump(rctx, h)
+		o.e.Instances.SaveHandle(rctx, o.rec.Name, o.drv, h)
+		if err != nil {
+			return fmt.Errorf("%w; resuming it here failed too: %v", cause, err)
+		}
+		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+		return cause
+	}
+	if o.shared == "" {
+		if err := o.rsync(ctx, root, "rootfs", 55, 70, "copying what changed"); err != nil {
+			return resume(err)
+		}
+		if err := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump"); err != nil {
+			return resume(err)
+		}
+	}
+	o.step(88, "restoring on "+o.remote)
+	req := api.MigrationRestorePost{}
+	if o.shared != "" {
+		req.DumpDir = dumpDir
+	}
+	if ran, err := o.restoreRemote(ctx, req); !ran {
+		return resume(err)
+	}
+	o.result.FreezeMillis = time.Since(frozen).Milliseconds()
+	if err := o.commitRemote(ctx); err != nil {
+		return o.undecidedOr(err, func() error { return resume(err) })
+	}
+	if err := cd.CommitDump(ctx, h); err != nil {
+		return fmt.Errorf("the instance runs on %s; %w", o.remote, err)
+	}
+	return o.releaseContainer(ctx, cd, dumpDir)
+}
+
+// releaseContainer drops the source's copy once the destination has it.
+func (o *outgoing) releaseContainer(ctx context.Context, cd containerMover, dumpDir string) error {
+	err := cd.Release(context.WithoutCancel(ctx), o.rec.Handle, container.ReleaseOpts{KeepRootfs: o.shared != ""})
+	if err != nil {
+		return fmt.Errorf("the instance is on %s; releasing it here: %w", o.remote, err)
+	}
+	return o.finishHere(ctx)
+}
+
+// undecidedOr handles a failed commit: when the destination cannot say how it ended, the
+// instance stays as it is here and recovery keeps asking; otherwise undo runs.
+func (o *outgoing) undecidedOr(err error, undo func() error) error {
+	if errors.Is(err, errUndecided) {
+		o.e.settleLater(o.rec.Name, o.id, o.remote)
+		return fmt.Errorf("%w: %s keeps asking %s in the background", err, o.rec.Name, o.remote)
+	}
+	if uerr := undo(); uerr != nil {
+		return uerr
+	}
+	o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+	return err
+}

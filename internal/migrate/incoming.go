@@ -1,0 +1,379 @@
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tandem/api"
+	"tandem/internal/driver"
+	"tandem/internal/driver/vm"
+	"tandem/internal/errdefs"
+	"tandem/internal/instance"
+)
+
+// incoming is one migration this host receives.
+type incoming struct {
+	id   string
+	post api.MigrationPost
+	dir  string // state: the dump copy, rsync's config
+	run  string // unix sockets
+
+	mu         sync.Mutex // one step at a time
+	status     string
+	in         *instance.Incoming
+	restoredAt time.Time
+	lastActive atomic.Int64 // unix nanoseconds
+	stop       chan struct{}
+}
+
+func (c *incoming) touch() { c.lastActive.Store(time.Now().UnixNano()) }
+
+var migrationIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// Prepare starts receiving an instance: records, NIC leases, image reference, and the driver's
+// reception (a container adopted; a VM's QEMU waiting for the stream). It leaves nothing on error.
+func (e *Engine) Prepare(ctx context.Context, post api.MigrationPost) (*api.MigrationInfo, error) {
+	if !migrationIDRE.MatchString(post.ID) {
+		return nil, errdefs.Invalid("migration id %q: want a UUID", post.ID)
+	}
+	if post.Kind != api.MigrationMove && post.Kind != api.MigrationCopy {
+		return nil, errdefs.Invalid("migration kind %q: want move or copy", post.Kind)
+	}
+	if post.Storage != api.StorageShared && post.Storage != api.StorageCopy {
+		return nil, errdefs.Invalid("storage %q: want shared or copy", post.Storage)
+	}
+	if post.Storage == api.StorageShared && !filepath.IsAbs(post.SharedRoot) {
+		return nil, errdefs.Invalid("shared storage needs the root's absolute path")
+	}
+	e.mu.Lock()
+	_, dup := e.incoming[post.ID]
+	e.mu.Unlock()
+	if dup {
+		return nil, errdefs.Exists("migration %s is already under way", post.ID)
+	}
+	in, err := e.Instances.BeginIncoming(ctx, post)
+	if err != nil {
+		return nil, err
+	}
+	c := &incoming{id: post.ID, post: post, in: in, status: api.MigrationPreparing, stop: make(chan struct{}),
+		dir: filepath.Join(e.Dir, "incoming", post.ID), run: filepath.Join(e.RunDir, post.ID[:8])}
+	c.touch()
+	info, err := e.receive(ctx, c)
+	if err != nil {
+		e.dropDriver(context.WithoutCancel(ctx), c)
+		in.Drop(context.WithoutCancel(ctx))
+		os.RemoveAll(c.dir)
+		os.RemoveAll(c.run)
+		return nil, err
+	}
+	in.Save(ctx)
+	e.mu.Lock()
+	e.incoming[c.id] = c
+	e.mu.Unlock()
+	go e.watch(c)
+	slog.Info("receiving instance", "instance", post.Name, "migration", post.ID, "live", post.Live, "storage", post.Storage)
+	return info, nil
+}
+
+// receive makes the driver ready to receive.
+func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, error) {
+	for _, d := range []string{c.dir, filepath.Join(c.dir, "dump"), c.run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	h := c.in.Record.Handle
+	info := &api.MigrationInfo{ID: c.id, Name: c.post.Name, Status: api.MigrationPreparing}
+	switch c.post.Type {
+	case api.TypeContainer:
+		cd, err := containerOf(c.in.Driver)
+		if err != nil {
+			return nil, err
+		}
+		f := cd.MigrationFeatures(ctx)
+		if c.post.Live && !f.CRIU {
+			return nil, errdefs.Unavailable("this host cannot restore a running container: %v", f.Notes)
+		}
+		if f.LazyPages {
+			info.Modes = append(info.Modes, "lazy")
+		}
+		if f.PreDump {
+			info.Modes = append(info.Modes, "predump")
+		}
+		root := ""
+		if c.post.Storage == api.StorageShared {
+			root = c.post.SharedRoot
+		}
+		if err := cd.Adopt(ctx, h, containerAdoptOpts(root)); err != nil {
+			return nil, err
+		}
+		info.Rootfs = cd.RootfsPath(h)
+		if root == "" {
+			if err := os.MkdirAll(info.Rootfs, 0o755); err != nil {
+				return nil, err
+			}
+		}
+	case api.TypeVM:
+		vd, err := vmOf(c.in.Driver)
+		if err != nil {
+			return nil, err
+		}
+		if !c.post.Live {
+			return nil, errdefs.Invalid("a stopped VM moves with its disk: not supported yet, start it and move it --live")
+		}
+		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared}
+		if !opts.SharedDisk {
+			opts.NBDListen = "unix:" + filepath.Join(c.run, "nbd.sock")
+		} else {
+			opts.DiskPath = c.post.SharedRoot
+		}
+		if _, err := vd.PrepareIncoming(ctx, h, opts); err != nil {
+			return nil, err
+		}
+	}
+	return info, nil
+}
+
+// get finds an incoming migration and marks it active.
+func (e *Engine) get(id string) (*incoming, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.incoming[id]
+	if !ok {
+		return nil, errdefs.NotFound("no migration %s is under way here", id)
+	}
+	c.touch()
+	return c, nil
+}
+
+// Status reports an incoming migration, under way or recently ended.
+func (e *Engine) Status(id string) (*api.MigrationInfo, error) {
+	e.mu.Lock()
+	c, ok := e.incoming[id]
+	f, ended := e.finished[id]
+	e.mu.Unlock()
+	if ok {
+		c.touch()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: c.status}, nil
+	}
+	if ended {
+		return &api.MigrationInfo{ID: id, Status: f.status, Error: f.err}, nil
+	}
+	return nil, errdefs.NotFound("no migration %s is known here", id)
+}
+
+// Tunnel joins conn to one of an incoming migration's endpoints until either side ends.
+func (e *Engine) Tunnel(ctx context.Context, id, to string, conn io.ReadWriteCloser) error {
+	c, err := e.get(id)
+	if err != nil {
+		return err
+	}
+	switch to {
+	case "rootfs", "dump":
+		dir := filepath.Join(c.dir, "dump")
+		if to == "rootfs" {
+			cd, err := containerOf(c.in.Driver)
+			if err != nil || c.post.Storage == api.StorageShared {
+				return errdefs.Invalid("migration %s has no rootfs to receive", id)
+			}
+			dir = cd.RootfsPath(c.in.Record.Handle)
+		}
+		return serveRsync(ctx, activeConn{conn, c}, dir, c.dir)
+	case "migration", "nbd":
+		name := map[string]string{"migration": "mig.sock", "nbd": "nbd.sock"}[to]
+		local, err := net.Dial("unix", filepath.Join(c.run, name))
+		if err != nil {
+			return errdefs.Unavailable("migration %s: %s endpoint: %v", id, to, err)
+		}
+		return splice(conn, local, nil, c.touch)
+	}
+	return errdefs.Invalid("tunnel to %q: want rootfs, dump, migration or nbd", to)
+}
+
+// activeConn marks its migration active on every read.
+type activeConn struct {
+	io.ReadWriteCloser
+	c *incoming
+}
+
+func (a activeConn) Read(p []byte) (int, error) {
+	a.c.touch()
+	return a.ReadWriteCloser.Read(p)
+}
+
+// Restore runs the instance here: a container from its dump, a VM resumed after the stream.
+// A cold move has nothing to run. On failure nothing of it is left here.
+func (e *Engine) Restore(ctx context.Context, id string, req api.MigrationRestorePost) (*api.MigrationInfo, error) {
+	c, err := e.get(id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.status != api.MigrationPreparing {
+		return nil, errdefs.Conflict("migration %s is %s", id, c.status)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RestoreTimeout)
+	defer cancel()
+	start := time.Now()
+	err = e.restore(ctx, c, req)
+	c.in.Save(context.WithoutCancel(ctx))
+	if err != nil {
+		e.abortLocked(c, err)
+		return nil, err
+	}
+	c.status, c.restoredAt = api.MigrationRunning, time.Now()
+	return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: c.status, RestoreMillis: time.Since(start).Milliseconds()}, nil
+}
+
+func (e *Engine) restore(ctx context.Context, c *incoming, req api.MigrationRestorePost) error {
+	h := c.in.Record.Handle
+	if !c.post.Live {
+		return nil
+	}
+	switch c.post.Type {
+	case api.TypeContainer:
+		cd, _ := containerOf(c.in.Driver)
+		dir := filepath.Join(c.dir, "dump")
+		if req.DumpDir != "" {
+			if c.post.Storage != api.StorageShared || !filepath.IsAbs(req.DumpDir) || filepath.Clean(req.DumpDir) != req.DumpDir {
+				return errdefs.Invalid("dump dir %q: only an absolute path on shared storage", req.DumpDir)
+			}
+			dir = req.DumpDir
+		}
+		_, err := cd.Restore(ctx, h, containerRestoreOpts(dir))
+		return err
+	case api.TypeVM:
+		vd, _ := vmOf(c.in.Driver)
+		return vd.FinishIncoming(ctx, h)
+	}
+	return nil
+}
+
+// Commit makes the instance this host's.
+func (e *Engine) Commit(ctx context.Context, id string) (*api.MigrationInfo, error) {
+	c, err := e.get(id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.status != api.MigrationRunning {
+		return nil, errdefs.Conflict("migration %s is %s: nothing to commit", id, c.status)
+	}
+	power := api.PowerStopped
+	if c.post.Live {
+		power = api.PowerRunning
+	}
+	if err := c.in.Finish(context.WithoutCancel(ctx), power); err != nil {
+		return nil, err
+	}
+	e.end(c, api.MigrationCommitted, "")
+	slog.Info("instance arrived", "instance", c.post.Name, "migration", id)
+	return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: api.MigrationCommitted}, nil
+}
+
+// Abort drops an incoming migration that is not committed.
+func (e *Engine) Abort(ctx context.Context, id string) error {
+	c, err := e.get(id)
+	if err != nil {
+		if st, _ := e.Status(id); st != nil && st.Status == api.MigrationAborted {
+			return nil
+		}
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.status == api.MigrationCommitted {
+		return errdefs.Conflict("migration %s is committed: the instance is this host's", id)
+	}
+	e.abortLocked(c, fmt.Errorf("aborted by the source"))
+	return nil
+}
+
+// abortLocked removes everything of c here; c.mu is held.
+func (e *Engine) abortLocked(c *incoming, why error) {
+	if c.status == api.MigrationAborted || c.status == api.MigrationCommitted {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e.dropDriver(ctx, c)
+	c.in.Drop(ctx)
+	e.end(c, api.MigrationAborted, why.Error())
+	slog.Warn("incoming migration dropped", "instance", c.post.Name, "migration", c.id, "why", why)
+}
+
+// dropDriver undoes the driver's reception: nothing of the instance runs or stays here (a shared
+// root stays: it is the source's).
+func (e *Engine) dropDriver(ctx context.Context, c *incoming) {
+	h := c.in.Record.Handle
+	var err error
+	switch c.post.Type {
+	case api.TypeContainer:
+		if st, serr := c.in.Driver.State(ctx, h); serr == nil && st != driver.StatusStopped && st != driver.StatusGone {
+			c.in.Driver.Stop(ctx, h, driver.StopOpts{Force: true})
+		}
+		err = c.in.Driver.Delete(ctx, h)
+	case api.TypeVM:
+		if vd, verr := vmOf(c.in.Driver); verr == nil {
+			err = vd.AbortIncoming(ctx, h)
+		}
+	}
+	if err != nil {
+		slog.Error("dropping an incoming instance left driver state", "instance", c.post.Name, "err", err)
+	}
+}
+
+// end retires c with its final status.
+func (e *Engine) end(c *incoming, status, msg string) {
+	c.status = status
+	os.RemoveAll(c.dir)
+	os.RemoveAll(c.run)
+	e.mu.Lock()
+	delete(e.incoming, c.id)
+	e.finished[c.id] = finished{status: status, err: msg, at: time.Now()}
+	for id, f := range e.finished {
+		if time.Since(f.at) > time.Hour {
+			delete(e.finished, id)
+		}
+	}
+	e.mu.Unlock()
+	close(c.stop)
+}
+
+// watch drops c when its source goes quiet: no word while preparing for IdleTimeout, no commit
+// CommitTimeout after the restore.
+func (e *Engine) watch(c *incoming) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if !c.mu.TryLock() {
+			continue // a step is under way
+		}
+		idle := time.Since(time.Unix(0, c.lastActive.Load()))
+		switch {
+		case c.status == api.MigrationPreparing && idle > IdleTimeout:
+			e.abortLocked(c, fmt.Errorf("no word from the source for %s", idle.Round(time.Second)))
+		case c.status == api.MigrationRunning && time.Since(c.restoredAt) > CommitTimeout:
+			e.abortLocked(c, fmt.Errorf("the source did not commit within %s", CommitTimeout))
+		}
+		c.mu.Unlock()
+	}
+}

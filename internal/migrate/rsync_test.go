@@ -1,0 +1,87 @@
+package migrate
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pipeTunnel stands in for an HTTPS tunnel: each open gets one end of a socket pair whose other
+// end runs the destination's rsync server for dst.
+func pipeTunnel(t *testing.T, dst string) func(context.Context) (io.ReadWriteCloser, error) {
+	return func(ctx context.Context) (io.ReadWriteCloser, error) {
+		a, b := net.Pipe()
+		go func() {
+			if err := serveRsync(ctx, b, dst, t.TempDir()); err != nil {
+				t.Logf("server: %v", err)
+			}
+		}()
+		return a, nil
+	}
+}
+
+func TestRsyncThroughTunnelKeepsTreeAndDeletes(t *testing.T) {
+	for _, tool := range []string{"rsync", "socat"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	src, dst := t.TempDir(), t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(src, "etc"), 0o755))
+	must(os.WriteFile(filepath.Join(src, "etc", "a"), []byte("alpha"), 0o640))
+	must(os.Link(filepath.Join(src, "etc", "a"), filepath.Join(src, "etc", "a-link")))
+	must(os.Symlink("/etc/a", filepath.Join(src, "abs-link")))
+	must(os.WriteFile(filepath.Join(dst, "stale"), []byte("x"), 0o600))
+	root := os.Geteuid() == 0
+	if root {
+		must(os.Lchown(filepath.Join(src, "etc", "a"), 100123, 100456))
+	}
+
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	f, err := forward(ctx, sock, pipeTunnel(t, dst))
+	must(err)
+	var last int
+	must(rsyncTo(ctx, src, rsyncOpts{Socket: sock, Progress: func(p int) { last = p }}))
+	f.Close()
+
+	if b, err := os.ReadFile(filepath.Join(dst, "etc", "a")); err != nil || string(b) != "alpha" {
+		t.Fatalf("etc/a = %q, %v", b, err)
+	}
+	if l, err := os.Readlink(filepath.Join(dst, "abs-link")); err != nil || l != "/etc/a" {
+		t.Fatalf("symlink = %q, %v (must not be munged)", l, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "stale")); !os.IsNotExist(err) {
+		t.Fatalf("a file the source lacks was kept: %v", err)
+	}
+	a, _ := os.Stat(filepath.Join(dst, "etc", "a"))
+	b, _ := os.Stat(filepath.Join(dst, "etc", "a-link"))
+	if !os.SameFile(a, b) {
+		t.Fatal("hard link became two files")
+	}
+	if root {
+		st := a.Sys().(*syscall.Stat_t)
+		if st.Uid != 100123 || st.Gid != 100456 {
+			t.Fatalf("owner %d:%d, want 100123:100456 (numeric ids)", st.Uid, st.Gid)
+		}
+	}
+	if last != 100 {
+		t.Fatalf("last progress %d%%, want 100", last)
+	}
+	if f.sent.Load() == 0 {
+		t.Fatal("forwarder counted no bytes")
+	}
+}

@@ -1,0 +1,110 @@
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"tandem/api"
+	"tandem/internal/driver/vm"
+	"tandem/internal/units"
+)
+
+// moveVM follows internal/driver/vm/outgoing.go: the destination's QEMU waits for the stream;
+// a disk on local storage is mirrored into the destination's NBD export first, then RAM goes
+// with pre-copy and the guest resumes there.
+func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
+	vd, err := vmOf(o.drv)
+	if err != nil {
+		return err
+	}
+	h := o.rec.Handle
+	o.step(4, "checking the VM can migrate")
+	if err := vd.PrepareOutgoing(ctx, h); err != nil {
+		return err
+	}
+	o.e.Instances.SaveHandle(ctx, o.rec.Name, o.drv, h)
+	o.step(5, "starting QEMU on "+o.remote)
+	if err := o.prepare(ctx, post); err != nil {
+		return err
+	}
+	mig, err := o.tunnel(ctx, "migration")
+	if err != nil {
+		o.abortRemote()
+		return err
+	}
+	defer mig.Close()
+	opts := vm.MigrateOpts{URI: "unix:" + mig.path, AutoConverge: true, DowntimeLimit: 300 * time.Millisecond,
+		MaxBandwidth: o.bw, MirrorBandwidth: o.bw, Progress: o.vmProgress}
+	o.result.Mode = "live-shared"
+	if o.shared == "" {
+		o.result.Mode = "live-mirror"
+		nbd, err := o.tunnel(ctx, "nbd")
+		if err != nil {
+			o.abortRemote()
+			return err
+		}
+		defer nbd.Close()
+		opts.NBD = "unix:" + nbd.path
+	}
+	if err := o.e.Instances.MarkOutgoing(o.rec.Name, o.id, o.remote); err != nil {
+		o.abortRemote()
+		return err
+	}
+	res, err := vd.MigrateOut(ctx, h, opts)
+	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
+	if err != nil {
+		// The guest still runs here.
+		o.abortRemote()
+		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+		return err
+	}
+	o.result.DowntimeMillis = res.Downtime.Milliseconds()
+	o.result.BytesSent = res.RAMBytes + res.DiskBytes
+	o.op.SetMetadata("downtime_ms", o.result.DowntimeMillis)
+	resume := func(cause error) error {
+		o.abortRemote()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		err := vd.AbortOutgoing(rctx, h)
+		o.e.Instances.SaveHandle(rctx, o.rec.Name, o.drv, h)
+		if err != nil {
+			return fmt.Errorf("%w; resuming it here failed too: %v", cause, err)
+		}
+		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+		return cause
+	}
+	o.step(96, "resuming on "+o.remote)
+	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
+		return resume(err)
+	}
+	if err := o.commitRemote(ctx); err != nil {
+		return o.undecidedOr(err, func() error { return resume(err) })
+	}
+	if err := vd.Release(context.WithoutCancel(ctx), h); err != nil {
+		return fmt.Errorf("the instance runs on %s; releasing it here: %w", o.remote, err)
+	}
+	return o.finishHere(ctx)
+}
+
+// vmProgress turns QEMU's figures into the operation's progress: disk mirror 5-45%, RAM 45-95%.
+func (o *outgoing) vmProgress(p vm.MigrationProgress) {
+	switch p.Phase {
+	case vm.PhaseDisk:
+		pct := 5
+		if p.DiskTotal > 0 {
+			pct += int(40 * p.DiskDone / p.DiskTotal)
+		}
+		o.step(pct, fmt.Sprintf("mirroring the disk: %s of %s", units.FormatSize(uint64(p.DiskDone)), units.FormatSize(uint64(p.DiskTotal))))
+	case vm.PhaseRAM, vm.PhaseSwitchover:
+		pct := 45
+		if sum := p.TransferredBytes + p.RemainingBytes; sum > 0 {
+			pct += int(50 * p.TransferredBytes / sum)
+		}
+		o.step(min(pct, 95), fmt.Sprintf("memory: %s sent, %s remaining, dirty rate %s/s (%s)",
+			units.FormatSize(uint64(p.TransferredBytes)), units.FormatSize(uint64(p.RemainingBytes)),
+			units.FormatSize(uint64(p.DirtyRate)), p.Phase))
+	}
+	o.op.SetMetadata("migration", map[string]any{"phase": p.Phase, "ram_sent": p.TransferredBytes,
+		"ram_remaining": p.RemainingBytes, "dirty_rate": p.DirtyRate, "disk_done": p.DiskDone, "disk_total": p.DiskTotal})
+}
