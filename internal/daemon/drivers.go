@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"tandem/client"
 	"tandem/internal/driver"
 	"tandem/internal/driver/container"
 	"tandem/internal/driver/fake"
@@ -29,6 +30,7 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			RunDir:         filepath.Join(RunDir(cfg.Dir), "c"),
 			Images:         images,
 			IDFirst:        cfg.IDMapBase,
+			CgroupParent:   cgroupParent(cfg.Dir),
 			PrepareNetwork: plugVeths(networks),
 		})
 		if err != nil {
@@ -70,6 +72,16 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 		return nil, fmt.Errorf("unknown driver setting %q (want auto or fake)", cfg.Driver)
 	}
 	return reg, nil
+}
+
+// cgroupParent is "tandem" for the default state dir and "tandem-<hash of the dir>" for others:
+// daemons sharing a kernel (the test labs' hosts) must not share the cgroups of a container that
+// moved between them, which keeps its id.
+func cgroupParent(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil && abs == client.DefaultDir {
+		return "tandem"
+	}
+	return "tandem-" + filepath.Base(RunDir(dir))
 }
 
 // plugVeth puts one NIC's veth into a container's network namespace.

@@ -32,9 +32,12 @@ var (
 	// CommitTimeout: a destination drops a restored instance the source has not committed by then.
 	CommitTimeout = 15 * time.Second
 	// IdleTimeout: a destination drops a migration it has heard nothing of for this long.
-	IdleTimeout = 60 * time.Second
+	IdleTimeout = 45 * time.Second
 	// RestoreTimeout bounds the destination's restore or resume.
 	RestoreTimeout = 60 * time.Second
+	// StallTimeout: a source gives a move up when no byte has crossed the link for this long
+	// during a transfer (a cut link would otherwise hang until TCP gives up, many minutes).
+	StallTimeout = 15 * time.Second
 )
 
 // Config wires an engine.

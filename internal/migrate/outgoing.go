@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -41,6 +42,37 @@ type outgoing struct {
 	run    string // unix sockets of the forwarders
 	start  time.Time
 	result api.MigrationResult
+	// The stall watchdog: transfers under way, and when a byte last crossed the link.
+	transfers  atomic.Int32
+	lastActive atomic.Int64
+}
+
+func (o *outgoing) touch() { o.lastActive.Store(time.Now().UnixNano()) }
+
+// transfer runs fn as a transfer the stall watchdog watches.
+func (o *outgoing) transfer(fn func() error) error {
+	o.touch()
+	o.transfers.Add(1)
+	defer o.transfers.Add(-1)
+	return fn()
+}
+
+// watchStalls cancels the move when a transfer has moved no byte for StallTimeout.
+func (o *outgoing) watchStalls(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle := time.Since(time.Unix(0, o.lastActive.Load()))
+		if o.transfers.Load() > 0 && idle > StallTimeout {
+			cancel(fmt.Errorf("the link to %s stalled: nothing crossed it for %s", o.remote, idle.Round(time.Second)))
+			return
+		}
+	}
 }
 
 // Move moves an instance to a remote in an operation. Everything that can be checked before the
@@ -76,14 +108,20 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 		func(ctx context.Context, op *operations.Op, rec *store.InstanceRecord, drv driver.Driver) error {
 			ctx, cancel := context.WithTimeout(ctx, moveTimeout)
 			defer cancel()
+			ctx, cancelCause := context.WithCancelCause(ctx)
+			defer cancelCause(nil)
 			o := &outgoing{e: e, id: uuid.NewString(), remote: req.Target, cl: cl, op: op, rec: rec, drv: drv,
 				live: req.Live, bw: req.MaxBandwidth, start: time.Now()}
+			go o.watchStalls(ctx, cancelCause)
 			o.run = filepath.Join(e.RunDir, o.id[:8])
 			if err := os.MkdirAll(o.run, 0o700); err != nil {
 				return err
 			}
 			defer os.RemoveAll(o.run)
 			err := o.move(ctx)
+			if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+				err = fmt.Errorf("%w (%v)", err, cause)
+			}
 			if err == nil {
 				o.result.TotalMillis = time.Since(o.start).Milliseconds()
 				op.SetMetadata("result", o.result)
@@ -143,7 +181,7 @@ func (o *outgoing) abortRemote() {
 func (o *outgoing) tunnel(ctx context.Context, to string) (*forwarder, error) {
 	return forward(ctx, filepath.Join(o.run, to+".sock"), func(ctx context.Context) (io.ReadWriteCloser, error) {
 		return o.cl.OpenTunnel(ctx, o.id, to)
-	})
+	}, o.touch)
 }
 
 // rsync sends a tree to a destination endpoint, reporting progress between from and to percent.
@@ -156,9 +194,11 @@ func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int
 		f.Close()
 		o.result.BytesSent += f.sent.Load()
 	}()
-	return rsyncTo(ctx, src, rsyncOpts{Socket: f.path, BWLimit: o.bw, Progress: func(p int) {
-		o.step(from+(to-from)*p/100, fmt.Sprintf("%s: %d%%", what, p))
-	}})
+	return o.transfer(func() error {
+		return rsyncTo(ctx, src, rsyncOpts{Socket: f.path, BWLimit: o.bw, Progress: func(p int) {
+			o.step(from+(to-from)*p/100, fmt.Sprintf("%s: %d%%", what, p))
+		}})
+	})
 }
 
 // restoreRemote asks the destination to run the instance. ran says whether it does: on an

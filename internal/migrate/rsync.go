@@ -93,6 +93,7 @@ var percentRE = regexp.MustCompile(`(\d+)%`)
 // rsyncTo sends the tree under src to the destination's module, deleting what src lacks.
 func rsyncTo(ctx context.Context, src string, o rsyncOpts) error {
 	args := []string{"-aHAXS", "--numeric-ids", "--delete", "--info=progress2", "--no-inc-recursive",
+		"--timeout=" + strconv.Itoa(int(StallTimeout.Seconds())),
 		"-e", fmt.Sprintf("sh -c 'exec socat - UNIX-CONNECT:%s' tunnel", o.Socket)}
 	if o.BWLimit > 0 {
 		args = append(args, "--bwlimit="+strconv.FormatInt(max(o.BWLimit/1024, 1), 10))

@@ -52,7 +52,7 @@ func TestRsyncThroughTunnelKeepsTreeAndDeletes(t *testing.T) {
 	}
 
 	sock := filepath.Join(t.TempDir(), "r.sock")
-	f, err := forward(ctx, sock, pipeTunnel(t, dst))
+	f, err := forward(ctx, sock, pipeTunnel(t, dst), nil)
 	must(err)
 	var last int
 	must(rsyncTo(ctx, src, rsyncOpts{Socket: sock, Progress: func(p int) { last = p }}))

@@ -73,6 +73,7 @@ func isClosedErr(err error) bool {
 
 // forwarder listens on a unix socket here and joins every connection to a new tunnel.
 type forwarder struct {
+	seen func() // called on every chunk either way
 	path string
 	ln   net.Listener
 	open func(ctx context.Context) (io.ReadWriteCloser, error)
@@ -83,13 +84,13 @@ type forwarder struct {
 }
 
 // forward starts a forwarder on path; Close it when the transfer is over.
-func forward(ctx context.Context, path string, open func(ctx context.Context) (io.ReadWriteCloser, error)) (*forwarder, error) {
+func forward(ctx context.Context, path string, open func(ctx context.Context) (io.ReadWriteCloser, error), seen func()) (*forwarder, error) {
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, err
 	}
-	f := &forwarder{path: path, ln: ln, open: open, ctx: ctx}
+	f := &forwarder{path: path, ln: ln, open: open, ctx: ctx, seen: seen}
 	f.wg.Add(1)
 	go f.serve()
 	return f, nil
@@ -112,7 +113,7 @@ func (f *forwarder) serve() {
 				c.Close()
 				return
 			}
-			if err := splice(c, t, &f.sent, nil); err != nil {
+			if err := splice(c, t, &f.sent, f.seen); err != nil {
 				f.err.CompareAndSwap(nil, err)
 			}
 		}()

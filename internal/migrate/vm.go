@@ -51,7 +51,11 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 		o.abortRemote()
 		return err
 	}
-	res, err := vd.MigrateOut(ctx, h, opts)
+	var res vm.MigrationResult
+	err = o.transfer(func() (err error) {
+		res, err = vd.MigrateOut(ctx, h, opts)
+		return err
+	})
 	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
 	if err != nil {
 		// The guest still runs here.

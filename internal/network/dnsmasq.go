@@ -56,6 +56,9 @@ func dnsmasqConfig(s *state, f dnsmasqFiles, user string) string {
 		"addn-hosts=" + f.Hosts,
 		fmt.Sprintf("dhcp-range=%s,static,%s,1h", s.Subnet.Addr(), mask),
 		"dhcp-hostsfile=" + f.DHCPHosts,
+		// Silent to unknown MACs, NAKs included: on a network bridged to other hosts', every host's
+		// dnsmasq has the same gateway address and would refuse the others' instances' requests.
+		"dhcp-ignore=tag:!known",
 		"dhcp-leasefile=" + f.Leases,
 		"dhcp-authoritative",
 		"dhcp-option=option:router," + gw.String(),

@@ -27,6 +27,7 @@ expand-hosts
 addn-hosts=/d/networks/net1/hosts
 dhcp-range=10.1.2.0,static,255.255.255.0,1h
 dhcp-hostsfile=/d/networks/net1/dhcp-hosts
+dhcp-ignore=tag:!known
 dhcp-leasefile=/d/networks/net1/dnsmasq.leases
 dhcp-authoritative
 dhcp-option=option:router,10.1.2.1

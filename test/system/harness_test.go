@@ -87,6 +87,13 @@ func startDaemon(t *testing.T, flags ...string) *daemonHarness {
 // runs in it) when the test ends.
 func startHost(t *testing.T, flags ...string) *daemonHarness {
 	t.Helper()
+	return startHostWith(t, nil, flags...)
+}
+
+// startHostWith is startHost with setup run in the new namespace's name before tandemd starts (links
+// and addresses the daemon must find, like the one it listens on).
+func startHostWith(t *testing.T, setup func(ns string), flags ...string) *daemonHarness {
+	t.Helper()
 	ns := fmt.Sprintf("tdtest-%d", time.Now().UnixNano()%1e9)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
@@ -102,6 +109,9 @@ func startHost(t *testing.T, flags ...string) *daemonHarness {
 		}
 		exec.Command("ip", "netns", "del", ns).Run()
 	})
+	if setup != nil {
+		setup(ns)
+	}
 	dir, err := os.MkdirTemp("", "td-")
 	if err != nil {
 		t.Fatal(err)
