@@ -194,11 +194,15 @@ func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int
 		f.Close()
 		o.result.BytesSent += f.sent.Load()
 	}()
-	return o.transfer(func() error {
+	err = o.transfer(func() error {
 		return rsyncTo(ctx, src, rsyncOpts{Socket: f.path, BWLimit: o.bw, Progress: func(p int) {
 			o.step(from+(to-from)*p/100, fmt.Sprintf("%s: %d%%", what, p))
 		}})
 	})
+	if err != nil {
+		return fmt.Errorf("%s to %s: %w", what, o.remote, err)
+	}
+	return nil
 }
 
 // restoreRemote asks the destination to run the instance. ran says whether it does: on an

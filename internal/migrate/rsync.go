@@ -122,7 +122,7 @@ func rsyncTo(ctx context.Context, src string, o rsyncOpts) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("rsync %s: %v: %s", src, err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("rsync: %v: %s", err, lastLine(stderr.String()))
 	}
 	if o.Progress != nil {
 		o.Progress(100)
@@ -139,4 +139,10 @@ func splitCRLF(data []byte, atEOF bool) (int, []byte, error) {
 		return len(data), data, nil
 	}
 	return 0, nil, nil
+}
+
+// lastLine is rsync's summary of what went wrong (its last stderr line).
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

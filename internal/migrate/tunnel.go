@@ -81,6 +81,11 @@ type forwarder struct {
 	sent atomic.Int64
 	wg   sync.WaitGroup
 	err  atomic.Value // first tunnel error
+
+	mu        sync.Mutex
+	conns     map[io.Closer]bool // both ends of every live tunnel
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 // forward starts a forwarder on path; Close it when the transfer is over.
@@ -90,10 +95,38 @@ func forward(ctx context.Context, path string, open func(ctx context.Context) (i
 	if err != nil {
 		return nil, err
 	}
-	f := &forwarder{path: path, ln: ln, open: open, ctx: ctx, seen: seen}
+	f := &forwarder{path: path, ln: ln, open: open, ctx: ctx, seen: seen, conns: map[io.Closer]bool{}, closed: make(chan struct{})}
 	f.wg.Add(1)
 	go f.serve()
+	// A cancelled move cuts its tunnels at once: QEMU's NBD client or rsync on a dead link would
+	// otherwise wait for TCP to give up, and a block job cannot be cancelled while its I/O hangs.
+	stop := context.AfterFunc(ctx, f.cut)
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		<-f.closed
+		stop()
+	}()
 	return f, nil
+}
+
+// cut closes every live tunnel, both ends.
+func (f *forwarder) cut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		c.Close()
+	}
+}
+
+func (f *forwarder) track(c io.Closer, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if on {
+		f.conns[c] = true
+	} else {
+		delete(f.conns, c)
+	}
 }
 
 func (f *forwarder) serve() {
@@ -113,9 +146,17 @@ func (f *forwarder) serve() {
 				c.Close()
 				return
 			}
+			f.track(c, true)
+			f.track(t, true)
+			if f.ctx.Err() != nil { // cut before it was tracked
+				c.Close()
+				t.Close()
+			}
 			if err := splice(c, t, &f.sent, f.seen); err != nil {
 				f.err.CompareAndSwap(nil, err)
 			}
+			f.track(c, false)
+			f.track(t, false)
 		}()
 	}
 }
@@ -132,5 +173,6 @@ func (f *forwarder) Err() error {
 func (f *forwarder) Close() {
 	f.ln.Close()
 	os.Remove(f.path)
+	f.closeOnce.Do(func() { close(f.closed) })
 	f.wg.Wait()
 }
