@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"tandem/api"
@@ -82,14 +84,23 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
 		return cause
 	}
+	dumped := time.Now()
 	if o.shared == "" {
-		if err := o.rsync(ctx, root, "rootfs", 55, 70, "copying what changed"); err != nil {
-			return resume(err)
-		}
-		if err := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump"); err != nil {
+		// Both inside the freeze: side by side.
+		var wg sync.WaitGroup
+		var rootErr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rootErr = o.rsync(ctx, root, "rootfs", 55, 70, "copying what changed")
+		}()
+		dumpErr := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump")
+		wg.Wait()
+		if err := errors.Join(rootErr, dumpErr); err != nil {
 			return resume(err)
 		}
 	}
+	copied := time.Now()
 	o.step(88, "restoring on "+o.remote)
 	req := api.MigrationRestorePost{}
 	if o.shared != "" {
@@ -99,6 +110,8 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		return resume(err)
 	}
 	o.result.FreezeMillis = time.Since(frozen).Milliseconds()
+	slog.Info("container moved: freeze", "instance", o.rec.Name, "dump", dumped.Sub(frozen).Round(time.Millisecond),
+		"copy", copied.Sub(dumped).Round(time.Millisecond), "restore", time.Since(copied).Round(time.Millisecond))
 	if err := o.commitRemote(ctx); err != nil {
 		return o.undecidedOr(err, func() error { return resume(err) })
 	}

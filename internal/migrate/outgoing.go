@@ -45,6 +45,7 @@ type outgoing struct {
 	// The stall watchdog: transfers under way, and when a byte last crossed the link.
 	transfers  atomic.Int32
 	lastActive atomic.Int64
+	sent       atomic.Int64 // bytes the transfers sent
 }
 
 func (o *outgoing) touch() { o.lastActive.Store(time.Now().UnixNano()) }
@@ -102,6 +103,11 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 		case !req.Live && rec.Type == api.TypeVM:
 			return errdefs.Invalid("moving a stopped VM is not supported yet: start it and move it --live")
 		}
+		for dev, d := range rec.Desired.Devices {
+			if d["type"] == "disk" && d["source"] != "" {
+				return errdefs.Conflict("instance %q has volume %s attached (device %s): detach it before the move", name, d["source"], dev)
+			}
+		}
 		return nil
 	}
 	return e.Instances.RunMigration(name, fmt.Sprintf("%s instance %s to %s", verb, name, req.Target), check,
@@ -124,6 +130,7 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 			}
 			if err == nil {
 				o.result.TotalMillis = time.Since(o.start).Milliseconds()
+				o.result.BytesSent = o.sent.Load()
 				op.SetMetadata("result", o.result)
 				op.Progress(100, "moved to "+req.Target)
 			}
@@ -192,7 +199,7 @@ func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int
 	}
 	defer func() {
 		f.Close()
-		o.result.BytesSent += f.sent.Load()
+		o.sent.Add(f.sent.Load())
 	}()
 	err = o.transfer(func() error {
 		return rsyncTo(ctx, src, rsyncOpts{Socket: f.path, BWLimit: o.bw, Progress: func(p int) {

@@ -64,7 +64,7 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 		return err
 	}
 	o.result.DowntimeMillis = res.Downtime.Milliseconds()
-	o.result.BytesSent = res.RAMBytes + res.DiskBytes
+	o.sent.Add(res.RAMBytes + res.DiskBytes)
 	o.op.SetMetadata("downtime_ms", o.result.DowntimeMillis)
 	resume := func(cause error) error {
 		o.abortRemote()

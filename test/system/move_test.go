@@ -270,6 +270,11 @@ func TestMoveContainerLive(t *testing.T) {
 		time.Sleep(time.Second)
 		out := from.must("move", "c1", "--target", target, "--live")
 		t.Logf("%s", strings.TrimSpace(out))
+		for _, line := range strings.Split(from.log.String(), "\n") {
+			if strings.Contains(line, "container moved") {
+				t.Log(line)
+			}
+		}
 		if !strings.Contains(out, "frozen") {
 			t.Errorf("the move did not report its freeze: %q", out)
 		}
@@ -291,6 +296,22 @@ func TestMoveContainerLive(t *testing.T) {
 	json.Unmarshal([]byte(b.must("image", "list", "--format", "json")), &imgs)
 	if len(imgs) != 1 {
 		t.Errorf("B has %d images after receiving c1, want the one c1 came from", len(imgs))
+	}
+
+	// Cold: a stopped container moves with a file written in it, and boots on B with its address.
+	a.must("exec", "c1", "--", "sh", "-c", "echo kept > /root/marker")
+	a.must("stop", "c1")
+	t.Logf("%s", strings.TrimSpace(a.must("move", "c1", "--target", "host-b")))
+	if hasInstance(t, a, "c1") {
+		t.Fatal("A still lists c1 after the cold move")
+	}
+	assertStatus(t, b, "c1", api.StatusStopped)
+	b.must("start", "c1")
+	if ip := waitAddress(t, b, "c1"); ip != nics[0].IPv4 {
+		t.Errorf("address after the cold move %s, want %s", ip, nics[0].IPv4)
+	}
+	if out := b.must("exec", "c1", "--", "cat", "/root/marker"); out != "kept\n" {
+		t.Errorf("the file written before the cold move reads %q", out)
 	}
 }
 
@@ -473,6 +494,50 @@ func TestMoveFailures(t *testing.T) {
 		t.Errorf("the VM's counter stopped on A: %d ticks, then %d", len(nb), len(na))
 	}
 	waitGone(t, b, "v1", 2*time.Minute)
+
+	// The link is cut while a container's rootfs is copied: it runs on at A, B drops its half.
+	done = runMove(a, "c1", "--target", "host-b", "--live", "--bandwidth", "64KiB")
+	waitMoveStep(t, a, "copying the root filesystem")
+	l.cut(0, true)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the container moved over a cut link")
+		}
+		t.Logf("container move over a cut link: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the container move did not end after its link was cut")
+	}
+	l.cut(0, false)
+	assertStatus(t, a, "c1", api.StatusRunning)
+	if err := echo.WaitEcho(10 * time.Second); err != nil {
+		t.Fatalf("the connection broke: %v", err)
+	}
+	waitGone(t, b, "c1", 2*time.Minute)
+
+	// B's daemon dies while the VM's memory goes: the guest runs on at A, B holds nothing after
+	// its restart.
+	done = runMove(a, "v1", "--target", "host-b", "--live", "--bandwidth", "4MiB")
+	waitMoveStep(t, a, "memory")
+	b.stop(9)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the VM moved with its destination killed")
+		}
+		t.Logf("VM move with the destination killed: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the VM move did not end after its destination died")
+	}
+	assertStatus(t, a, "v1", api.StatusRunning)
+	a.must("exec", "v1", "--", "true")
+	b.start()
+	if hasInstance(t, b, "v1") {
+		t.Error("B holds v1 after its restart")
+	}
+	if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+b.dir).Output(); len(out) > 0 {
+		t.Errorf("a QEMU of B's is left: %s", out)
+	}
 
 	// Nothing is stuck: the same moves now go through.
 	a.must("move", "c1", "--target", "host-b", "--live")
