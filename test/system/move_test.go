@@ -515,10 +515,10 @@ func TestMoveFailures(t *testing.T) {
 	}
 	waitGone(t, b, "c1", 2*time.Minute)
 
-	// B's daemon dies while the VM's memory goes: the guest runs on at A, B holds nothing after
+	// B's daemon dies during the VM's disk mirror: the guest runs on at A, B holds nothing after
 	// its restart.
-	done = runMove(a, "v1", "--target", "host-b", "--live", "--bandwidth", "4MiB")
-	waitMoveStep(t, a, "memory")
+	done = runMove(a, "v1", "--target", "host-b", "--live", "--bandwidth", "2MiB")
+	waitMoveStep(t, a, "mirroring the disk")
 	b.stop(9)
 	select {
 	case err := <-done:
