@@ -26,11 +26,12 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	if o.live && !cd.MigrationFeatures(ctx).CRIU {
 		return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
 	}
+	root := cd.RootfsPath(h)
+	needs(ctx, o.rec, o.drv, o.live, root, &post)
 	o.step(5, "preparing "+o.remote)
 	if err := o.prepare(ctx, post); err != nil {
 		return err
 	}
-	root := cd.RootfsPath(h)
 	if o.shared == "" {
 		if err := o.rsync(ctx, root, "rootfs", 5, 45, "copying the root filesystem"); err != nil {
 			o.abortRemote()

@@ -60,6 +60,10 @@ func (e *Engine) Prepare(ctx context.Context, post api.MigrationPost) (*api.Migr
 	if dup {
 		return nil, errdefs.Exists("migration %s is already under way", post.ID)
 	}
+	os.MkdirAll(e.Dir, 0o700)
+	if err := checkRoom(post, e.Dir); err != nil {
+		return nil, err
+	}
 	in, err := e.Instances.BeginIncoming(ctx, post)
 	if err != nil {
 		return nil, err
