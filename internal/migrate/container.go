@@ -51,7 +51,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		if err := o.commitRemote(ctx); err != nil {
 			return o.undecidedOr(err, func() error { return nil })
 		}
-		if err := cd.MarkMoved(ctx, h); err != nil {
+		if err := cd.MarkMoved(context.WithoutCancel(ctx), h); err != nil {
 			return err
 		}
 		return o.releaseContainer(ctx, cd, "")
@@ -116,7 +116,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	if err := o.commitRemote(ctx); err != nil {
 		return o.undecidedOr(err, func() error { return resume(err) })
 	}
-	if err := cd.CommitDump(ctx, h); err != nil {
+	if err := cd.CommitDump(context.WithoutCancel(ctx), h); err != nil {
 		return fmt.Errorf("the instance runs on %s; %w", o.remote, err)
 	}
 	return o.releaseContainer(ctx, cd, dumpDir)

@@ -216,6 +216,9 @@ func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int
 // ambiguous failure (the answer was lost) it waits until the destination says, or until the
 // destination must have dropped it.
 func (o *outgoing) restoreRemote(ctx context.Context, req api.MigrationRestorePost) (ran bool, err error) {
+	// The point of no return: a cancel from here on no longer stops the move.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RestoreTimeout+10*time.Second)
+	defer cancel()
 	_, err = o.cl.MigrationAction(ctx, o.id, "restore", req)
 	if err == nil {
 		return true, nil
@@ -234,6 +237,8 @@ func (o *outgoing) restoreRemote(ctx context.Context, req api.MigrationRestorePo
 
 // commitRemote makes the instance the destination's. On a lost answer it asks until it knows.
 func (o *outgoing) commitRemote(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CommitTimeout)
+	defer cancel()
 	for attempt := 0; ; attempt++ {
 		_, err := o.cl.MigrationAction(ctx, o.id, "commit", nil)
 		if err == nil {
