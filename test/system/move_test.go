@@ -377,8 +377,9 @@ func TestMoveVMLive(t *testing.T) {
 	}
 }
 
-// waitMoveStep waits until the source's move operation reports a message containing step.
-func waitMoveStep(t *testing.T, h *daemonHarness, step string) {
+// waitMoveStep waits until the source's move operation reports a message containing step, and
+// returns the operation's id.
+func waitMoveStep(t *testing.T, h *daemonHarness, step string) string {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
@@ -386,12 +387,13 @@ func waitMoveStep(t *testing.T, h *daemonHarness, step string) {
 		json.Unmarshal([]byte(h.must("operation", "list", "--format", "json")), &ops)
 		for _, op := range ops {
 			if op.Status == api.OpRunning && strings.Contains(op.Description, "oving") && strings.Contains(op.Progress.Message, step) {
-				return
+				return op.ID
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("no move reached %q", step)
+	return ""
 }
 
 // runMove runs a move in the background; the result arrives on the channel.
@@ -442,8 +444,17 @@ func TestMoveFailures(t *testing.T) {
 		}
 	}
 
-	// The destination daemon dies while the rootfs is copied (slowly, to catch it half-way).
+	// Cancelled half-way: the container runs on, B drops its half at once.
 	done := runMove(a, "c1", "--target", "host-b", "--live", "--bandwidth", "64KiB")
+	a.must("operation", "cancel", waitMoveStep(t, a, "copying the root filesystem"))
+	if err := <-done; err == nil {
+		t.Fatal("a cancelled move succeeded")
+	}
+	assertStatus(t, a, "c1", api.StatusRunning)
+	waitGone(t, b, "c1", 20*time.Second)
+
+	// The destination daemon dies while the rootfs is copied (slowly, to catch it half-way).
+	done = runMove(a, "c1", "--target", "host-b", "--live", "--bandwidth", "64KiB")
 	waitMoveStep(t, a, "copying the root filesystem")
 	if _, errOut, err := a.tandem("stop", "c1"); err == nil || !strings.Contains(errOut, "busy") {
 		t.Errorf("stop during a move: %v %q, want busy", err, errOut)
