@@ -96,4 +96,6 @@ type MigrationResult struct {
 	// DowntimeMillis: a VM's downtime as QEMU measured it.
 	DowntimeMillis int64 `json:"downtime_ms,omitempty"`
 	BytesSent      int64 `json:"bytes_sent,omitempty"`
+	// Notes say why a faster mode did not run (what the hosts' kernels and settings lack).
+	Notes []string `json:"notes,omitempty"`
 }

@@ -73,5 +73,8 @@ func describeMove(name, target string, op *api.Operation) string {
 	if res.BytesSent > 0 {
 		s += ", sent " + units.FormatSize(uint64(res.BytesSent))
 	}
+	for _, n := range res.Notes {
+		s += "\n  note: " + n
+	}
 	return s
 }

@@ -23,8 +23,17 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		return err
 	}
 	h := o.rec.Handle
-	if o.live && !cd.MigrationFeatures(ctx).CRIU {
-		return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
+	if o.live {
+		f := cd.MigrationFeatures(ctx)
+		if !f.CRIU {
+			return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
+		}
+		// Pre-dump and lazy pages would shorten the freeze of a container with much memory; say
+		// why they did not run.
+		o.result.Notes = append(o.result.Notes, f.Notes...)
+		if f.LazyDump {
+			o.result.Notes = append(o.result.Notes, "lazy pages: not used for moves yet (the page server is not tunnelled)")
+		}
 	}
 	root := cd.RootfsPath(h)
 	needs(ctx, o.rec, o.drv, o.live, root, &post)
