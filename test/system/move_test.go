@@ -409,6 +409,20 @@ func runMove(h *daemonHarness, args ...string) <-chan error {
 	return done
 }
 
+// moveFailed waits for a background move that must fail, within limit.
+func moveFailed(t *testing.T, done <-chan error, limit time.Duration, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("%s: the move succeeded", what)
+		}
+		t.Logf("%s: %v", what, err)
+	case <-time.After(limit):
+		t.Fatalf("%s: the move did not end within %v", what, limit)
+	}
+}
+
 // waitGone waits until h holds nothing of the instance.
 func waitGone(t *testing.T, h *daemonHarness, name string, within time.Duration) {
 	t.Helper()
@@ -460,15 +474,7 @@ func TestMoveFailures(t *testing.T) {
 		t.Errorf("stop during a move: %v %q, want busy", err, errOut)
 	}
 	b.stop(9)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the move succeeded with its destination killed")
-		}
-		t.Logf("move with the destination killed: %v", err)
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the move did not end after its destination died")
-	}
+	moveFailed(t, done, 2*time.Minute, "move with the destination killed")
 	assertStatus(t, a, "c1", api.StatusRunning)
 	if err := echo.WaitEcho(10 * time.Second); err != nil {
 		t.Fatalf("the connection broke: %v", err)
@@ -487,15 +493,7 @@ func TestMoveFailures(t *testing.T) {
 	done = runMove(a, "v1", "--target", "host-b", "--live", "--bandwidth", "1MiB")
 	waitMoveStep(t, a, "mirroring the disk")
 	l.cut(0, true)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the move succeeded over a cut link")
-		}
-		t.Logf("move over a cut link: %v", err)
-	case <-time.After(3 * time.Minute):
-		t.Fatal("the move did not end after its link was cut")
-	}
+	moveFailed(t, done, 3*time.Minute, "move over a cut link")
 	l.cut(0, false)
 	assertStatus(t, a, "v1", api.StatusRunning)
 	before, _, _ := a.tandem("console", "v1", "--show-log")
@@ -510,15 +508,7 @@ func TestMoveFailures(t *testing.T) {
 	done = runMove(a, "c1", "--target", "host-b", "--live", "--bandwidth", "64KiB")
 	waitMoveStep(t, a, "copying the root filesystem")
 	l.cut(0, true)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the container moved over a cut link")
-		}
-		t.Logf("container move over a cut link: %v", err)
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the container move did not end after its link was cut")
-	}
+	moveFailed(t, done, 2*time.Minute, "container move over a cut link")
 	l.cut(0, false)
 	assertStatus(t, a, "c1", api.StatusRunning)
 	if err := echo.WaitEcho(10 * time.Second); err != nil {
@@ -531,15 +521,7 @@ func TestMoveFailures(t *testing.T) {
 	done = runMove(a, "v1", "--target", "host-b", "--live", "--bandwidth", "2MiB")
 	waitMoveStep(t, a, "mirroring the disk")
 	b.stop(9)
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the VM moved with its destination killed")
-		}
-		t.Logf("VM move with the destination killed: %v", err)
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the VM move did not end after its destination died")
-	}
+	moveFailed(t, done, 2*time.Minute, "VM move with the destination killed")
 	assertStatus(t, a, "v1", api.StatusRunning)
 	a.must("exec", "v1", "--", "true")
 	b.start()
