@@ -114,6 +114,10 @@ type ImageInfo struct {
 	// ShutdownSignal makes the image's init power off (e.g. "SIGRTMIN+3" for systemd).
 	ShutdownSignal string
 	KernelCmdline  string // default kernel command line for a VM, if the image has one
+	// DiskFormat is set for a VM disk image ("qcow2" or "raw"): it has a bootable disk and no rootfs.
+	DiskFormat string
+	// Firmware is what a disk image's boot loader needs: "bios" or "uefi".
+	Firmware string
 }
 
 // Images gives drivers the files of an image. The daemon wires it to the image store.
@@ -121,6 +125,15 @@ type Images interface {
 	// Rootfs returns a directory holding the image's unpacked root filesystem. It is shared by all
 	// instances of the image and must not be written to: drivers copy it.
 	Rootfs(ctx context.Context, image string) (dir string, info ImageInfo, err error)
+}
+
+// DiskImages is what Images may offer besides rootfs trees: VM disk images, which boot their own
+// disk. A VM driver asks Describe first, so a disk image is never unpacked as a rootfs.
+type DiskImages interface {
+	// Describe says what an image is without unpacking anything.
+	Describe(ctx context.Context, image string) (ImageInfo, error)
+	// ExtractDisk writes a disk image's disk to out (whole, or not at all) and returns its format.
+	ExtractDisk(ctx context.Context, image, out string) (format string, err error)
 }
 
 // NICHotplugger adds and removes network interfaces of a running instance. The address is already

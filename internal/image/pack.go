@@ -41,7 +41,7 @@ func (o PackOptions) unshift(id uint32) int {
 // DefaultSkipContents are the directories whose contents never belong in an image.
 var DefaultSkipContents = []string{"dev", "proc", "sys", "run", "tmp"}
 
-// imageWriter writes a unified image tarball: metadata.json first, then rootfs/ members.
+// imageWriter writes an image tarball: metadata.json first, then rootfs/ members or a disk.
 type imageWriter struct {
 	cw    io.WriteCloser
 	tw    *tar.Writer

@@ -10,7 +10,8 @@ import (
 )
 
 // RootfsCache unpacks each image's rootfs once and hands drivers the shared, read-only directory
-// (driver.Images). Drivers copy it per instance.
+// (driver.Images). Drivers copy it per instance. It also hands the VM driver disk images' disks
+// (driver.DiskImages).
 type RootfsCache struct {
 	store *Store
 	dir   string
@@ -27,7 +28,10 @@ func NewRootfsCache(store *Store, dir string) (*RootfsCache, error) {
 	return &RootfsCache{store: store, dir: dir, locks: map[string]*sync.Mutex{}}, nil
 }
 
-var _ driver.Images = (*RootfsCache)(nil)
+var (
+	_ driver.Images     = (*RootfsCache)(nil)
+	_ driver.DiskImages = (*RootfsCache)(nil)
+)
 
 // Rootfs returns the unpacked rootfs of an image, unpacking it on first use.
 func (c *RootfsCache) Rootfs(ctx context.Context, ref string) (string, driver.ImageInfo, error) {
@@ -35,8 +39,7 @@ func (c *RootfsCache) Rootfs(ctx context.Context, ref string) (string, driver.Im
 	if err != nil {
 		return "", driver.ImageInfo{}, err
 	}
-	info := driver.ImageInfo{Fingerprint: img.Fingerprint, OS: img.Metadata.OS,
-		ShutdownSignal: img.Metadata.ShutdownSignal, KernelCmdline: img.Metadata.KernelCmdline}
+	info := driverInfo(img)
 	lock := c.lockFor(img.Fingerprint)
 	lock.Lock()
 	defer lock.Unlock()
@@ -49,6 +52,27 @@ func (c *RootfsCache) Rootfs(ctx context.Context, ref string) (string, driver.Im
 		return "", driver.ImageInfo{}, err
 	}
 	return target, info, nil
+}
+
+// Describe says what an image is (a disk image has DiskFormat and Firmware set) without unpacking it.
+func (c *RootfsCache) Describe(_ context.Context, ref string) (driver.ImageInfo, error) {
+	img, err := c.store.Get(ref)
+	if err != nil {
+		return driver.ImageInfo{}, err
+	}
+	return driverInfo(img), nil
+}
+
+// ExtractDisk writes a disk image's disk to out. It is not cached here: the VM driver keeps one
+// base disk per image and counts its users.
+func (c *RootfsCache) ExtractDisk(ctx context.Context, ref, out string) (string, error) {
+	return c.store.ExtractDisk(ctx, ref, out)
+}
+
+func driverInfo(img *Image) driver.ImageInfo {
+	return driver.ImageInfo{Fingerprint: img.Fingerprint, OS: img.Metadata.OS,
+		ShutdownSignal: img.Metadata.ShutdownSignal, KernelCmdline: img.Metadata.KernelCmdline,
+		DiskFormat: img.DiskFormat, Firmware: img.Metadata.Firmware}
 }
 
 // Forget removes an image's unpacked tree (when the image is deleted).

@@ -381,6 +381,9 @@ func (s *Store) Resolve(ref, instanceType string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if img.Format == FormatDisk && instanceType != TypeVM {
+		return "", errdefs.Invalid("image %q is a VM disk image: it cannot run as a %s (launch it with --vm)", ref, instanceType)
+	}
 	if !img.Metadata.Supports(instanceType) {
 		return "", errdefs.Invalid("image %q cannot run as a %s (it supports: %s)", ref, instanceType, strings.Join(img.Metadata.Types, ", "))
 	}
