@@ -39,6 +39,11 @@ type instanceConfig struct {
 	Firmware string `json:"firmware"` // bios or uefi
 	Windows  bool   `json:"windows,omitempty"`
 	Base     string `json:"base"` // base disk under the overlay
+	// BaseFormat is the base disk's format when it is not qcow2 (a raw disk image's disk).
+	BaseFormat string `json:"base_format,omitempty"`
+	// DiskBoot: the root disk is a disk image's and the firmware boots its own boot loader; no
+	// kernel or initramfs of ours, so no guest agent unless the image brings one.
+	DiskBoot bool `json:"disk_boot,omitempty"`
 	// KernelCmdline is the image's default, appended to ours.
 	KernelCmdline string `json:"kernel_cmdline,omitempty"`
 	// Disk is the root disk's path when it is not the instance dir's root.qcow2 (a shared pool).
@@ -97,8 +102,13 @@ func decideHardware(spec *driver.Spec, info driver.ImageInfo) (instanceConfig, e
 	if c.Firmware != "bios" && c.Firmware != "uefi" {
 		return c, errdefs.Invalid("%s %q: want bios or uefi", KeyFirmware, c.Firmware)
 	}
+	if info.DiskFormat != "" {
+		if err := c.bootsDisk(spec, info); err != nil {
+			return c, err
+		}
+	}
 	if c.Windows {
-		if c.Machine != qemucmd.Q35 || c.Firmware == "bios" && spec.Config[KeyFirmware] != "" {
+		if c.Machine != qemucmd.Q35 || c.Firmware == "bios" && (spec.Config[KeyFirmware] != "" || c.DiskBoot) {
 			return c, errdefs.Invalid("a Windows VM needs q35 and UEFI")
 		}
 		c.Firmware = "uefi"
@@ -108,6 +118,26 @@ func decideHardware(spec *driver.Spec, info driver.ImageInfo) (instanceConfig, e
 	}
 	return c, nil
 }
+
+// bootsDisk takes a disk image's firmware: its boot loader was made for one, so the image decides
+// and a vm.firmware that says otherwise is an error rather than a VM that never boots.
+func (c *instanceConfig) bootsDisk(spec *driver.Spec, info driver.ImageInfo) error {
+	want := info.Firmware
+	if want != "bios" && want != "uefi" {
+		return errdefs.Invalid("disk image %s does not say whether it boots with bios or uefi", shortFP(info.Fingerprint))
+	}
+	if set := spec.Config[KeyFirmware]; set != "" && set != want {
+		return errdefs.Invalid("disk image %s boots with %s firmware: %s=%s cannot boot it (unset it or set %s)",
+			shortFP(info.Fingerprint), want, KeyFirmware, set, want)
+	}
+	if c.Machine == qemucmd.MicroVM {
+		return errdefs.Invalid("microvm has no firmware to boot a disk image: use %s=q35 or pc", KeyMachine)
+	}
+	c.Firmware, c.DiskBoot, c.KernelCmdline = want, true, ""
+	return nil
+}
+
+func shortFP(fp string) string { return fp[:min(len(fp), 12)] }
 
 // sizing reads the start-time limits.
 func sizing(spec *driver.Spec, windows bool) (vcpus, memMiB int, err error) {

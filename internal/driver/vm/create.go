@@ -34,7 +34,7 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 		return nil, errdefs.Exists("vm: instance %s exists", spec.ID)
 	}
 	progress.Report(ctx, 0, "preparing image")
-	rootfs, info, err := d.opts.Images.Rootfs(ctx, spec.Image)
+	rootfs, info, err := d.imageSource(ctx, spec.Image)
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +73,14 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 		// times), so a disk another host may open carries its whole content, not a backing file.
 		cfg.Disk = filepath.Join(dir, spec.ID+".qcow2")
 		os.Remove(cfg.Disk) // what an interrupted Create left
-		err = qemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", base, cfg.Disk)
+		err = qemuImg(ctx, "convert", "-q", "-f", baseFormat(info), "-O", "qcow2", base, cfg.Disk)
 		reverts = append(reverts, func() { os.Remove(cfg.Disk) })
 	} else {
 		cfg.Base = base
-		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, p.overlay)
+		if f := baseFormat(info); f != "qcow2" {
+			cfg.BaseFormat = f
+		}
+		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat(info), "-b", base, p.overlay)
 	}
 	unlockBase()
 	if err != nil {
@@ -150,15 +153,16 @@ func lockBase(path string) func() {
 	return l.(*sync.Mutex).Unlock
 }
 
-// baseDisk returns the image's ext4 base disk, building it once. It returns with the base locked, so
-// a concurrent Delete cannot collect it before the overlay is made; the caller unlocks.
+// baseDisk returns the image's base disk: a disk image's own disk, or an ext4 disk built from a
+// rootfs; either is made once. It returns with the base locked, so a concurrent Delete cannot
+// collect it before the overlay is made; the caller unlocks.
 func (d *Driver) baseDisk(ctx context.Context, img, rootfs string, info driver.ImageInfo) (func(), string, error) {
 	key := info.Fingerprint
 	if key == "" {
 		key = img + "\x00" + rootfs
 	}
 	sum := sha256.Sum256([]byte(key))
-	path := filepath.Join(d.opts.Dir, "bases", hex.EncodeToString(sum[:])[:24]+".qcow2")
+	path := filepath.Join(d.opts.Dir, "bases", hex.EncodeToString(sum[:])[:24]+"."+baseFormat(info))
 	unlock := lockBase(path)
 	if _, err := os.Stat(path); err == nil {
 		return unlock, path, nil
@@ -166,6 +170,13 @@ func (d *Driver) baseDisk(ctx context.Context, img, rootfs string, info driver.I
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		unlock()
 		return nil, "", errdefs.Unavailable("vm: qemu-img is not installed")
+	}
+	if info.DiskFormat != "" {
+		if err := d.extractDisk(ctx, img, path, info); err != nil {
+			unlock()
+			return nil, "", err
+		}
+		return unlock, path, nil
 	}
 	disk, err := image.BuildRootDisk(ctx, rootfs, path, 0)
 	if err != nil {

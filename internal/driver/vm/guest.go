@@ -57,7 +57,13 @@ func (d *Driver) agentFor(ctx context.Context, h *driver.Handle) (*agent.Client,
 	if d.qemuPID(p) == 0 {
 		return nil, driver.ErrNotRunning
 	}
-	if _, err := os.Stat(d.opts.AgentPath); err != nil {
+	var cfg instanceConfig
+	readJSON(p.config, &cfg)
+	if cfg.DiskBoot {
+		if err := d.diskGuestAgent(ctx, p); err != nil {
+			return nil, err
+		}
+	} else if _, err := os.Stat(d.opts.AgentPath); err != nil {
 		return nil, errdefs.Unavailable("vm: no guest agent: %s is missing", d.opts.AgentPath)
 	}
 	wctx := ctx

@@ -142,8 +142,10 @@ func (d *Driver) qemuConfig(ctx context.Context, h *driver.Handle, cfg instanceC
 			}
 			qc.CDROMs = []string{iso}
 		}
-	} else if err := d.directBoot(ctx, &qc, cfg); err != nil {
-		return qc, err
+	} else if !cfg.DiskBoot { // a disk image's firmware boots its own loader from the root disk
+		if err := d.directBoot(ctx, &qc, cfg); err != nil {
+			return qc, err
+		}
 	}
 	nics, err := d.setupNICs(ctx, h)
 	if err != nil {

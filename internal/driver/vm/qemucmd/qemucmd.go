@@ -26,6 +26,9 @@ const (
 // AgentPortName is the virtio-serial port the guest agent opens (/sys/class/virtio-ports/*/name).
 const AgentPortName = "org.tandem.agent.0"
 
+// AgentChardev is the id of the agent port's host side (QMP query-chardev names it so).
+const AgentChardev = "agent"
+
 // Config is everything that shapes the command line. Paths are host paths.
 type Config struct {
 	Name      string // guest name, shown by ps and QMP
@@ -333,8 +336,8 @@ func (b *builder) deviceArgs() {
 	b.add("-device", opts("virtio-balloon"+b.bus, "id=balloon", "free-page-reporting=on"))
 	if c.AgentSocket != "" {
 		b.add("-device", opts("virtio-serial"+b.bus, "id=vserial"),
-			"-chardev", opts("socket", "id=agent", "path="+esc(c.AgentSocket), "server=on", "wait=off"),
-			"-device", opts("virtserialport", "bus=vserial.0", "nr=1", "chardev=agent", "name="+AgentPortName))
+			"-chardev", opts("socket", "id="+AgentChardev, "path="+esc(c.AgentSocket), "server=on", "wait=off"),
+			"-device", opts("virtserialport", "bus=vserial.0", "nr=1", "chardev="+AgentChardev, "name="+AgentPortName))
 	}
 	if c.TPMSocket != "" {
 		b.add("-chardev", opts("socket", "id=tpm", "path="+esc(c.TPMSocket)),

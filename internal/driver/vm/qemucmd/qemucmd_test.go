@@ -60,8 +60,19 @@ func profiles() map[string]Config {
 	winTCG := win
 	winTCG.Accel = AccelTCG
 
+	// A disk image boots its own loader: SeaBIOS or OVMF reads the overlay (over the image's disk),
+	// no -kernel; the agent port stays for an image that brings tandem-agent.
+	diskBIOS := base(Q35)
+	diskBIOS.NICs = []NIC{{ID: "eth0", MAC: "00:16:3e:00:00:04", User: true}}
+	diskBIOS.HotplugPorts = 4
+
+	diskUEFI := base(PC)
+	diskUEFI.Firmware = uefi.Firmware
+	diskUEFI.DebugConLog = uefi.DebugConLog
+	diskUEFI.NICs = []NIC{{ID: "eth0", MAC: "00:16:3e:00:00:05", Tap: "tnd4d5e6f"}}
+
 	return map[string]Config{"q35-linux": q35, "microvm": micro, "pc-auto": pc, "q35-uefi": uefi,
-		"windows": win, "windows-tcg": winTCG}
+		"windows": win, "windows-tcg": winTCG, "q35-disk-bios": diskBIOS, "pc-disk-uefi": diskUEFI}
 }
 
 // The golden files hold one argument per line; run with -update after an intended change and review the diff.
@@ -157,6 +168,19 @@ func TestProfilesAsData(t *testing.T) {
 		if strings.Contains(d, "-pci") {
 			t.Errorf("microvm has a PCI device %q", d)
 		}
+	}
+
+	for _, name := range []string{"q35-disk-bios", "pc-disk-uefi"} {
+		a := build(p[name])
+		if slices.Contains(a, "-kernel") || slices.Contains(a, "-initrd") || slices.Contains(a, "-append") {
+			t.Errorf("%s boots a kernel of ours: %q", name, a)
+		}
+		if !slices.Contains(values(a, "-device"), "virtio-blk-pci,id=root,drive=fmt-root,bootindex=1") {
+			t.Errorf("%s: the firmware is not pointed at the root disk: %q", name, values(a, "-device"))
+		}
+	}
+	if pf := values(build(p["pc-disk-uefi"]), "-drive"); len(pf) != 2 || !strings.Contains(pf[0], "OVMF_CODE_4M.fd") {
+		t.Errorf("pc-disk-uefi pflash %q", pf)
 	}
 
 	w := build(p["windows"])
