@@ -42,7 +42,7 @@ GUEST_MODULES=(virtio_ring virtio virtio_pci virtio_pci_modern_dev virtio_pci_le
 
 RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils runc busybox-static iproute2 nftables dnsmasq-base btrfs-progs
 	e2fsprogs debootstrap ovmf swtpm swtpm-tools zstd xz-utils lxcfs uidmap socat kmod file binutils curl
-	ca-certificates procps rsync)
+	ca-certificates procps rsync mtools syslinux syslinux-common grub-efi-amd64-bin)
 CRIU_BUILD_PACKAGES=(build-essential pkg-config python3 python3-protobuf protobuf-compiler protobuf-c-compiler
 	libprotobuf-dev libprotobuf-c-dev libnl-3-dev libnet1-dev libcap-dev libaio-dev libgnutls28-dev libbsd-dev
 	libnftables-dev uuid-dev)
@@ -138,7 +138,7 @@ install_packages() {
 	# Tools the project calls must now be there.
 	local t
 	for t in qemu-system-x86_64 qemu-img runc busybox ip nft dnsmasq mkfs.btrfs mkfs.ext4 debootstrap swtpm \
-		zstd xz lxcfs newuidmap socat rsync depmod readelf file; do
+		zstd xz lxcfs newuidmap socat rsync depmod readelf file mformat syslinux grub-mkstandalone; do
 		command -v "$t" >/dev/null || die "'$t' is still missing after installing packages"
 	done
 	[ -e /usr/share/OVMF/OVMF_CODE.fd ] || [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || die "OVMF firmware missing"

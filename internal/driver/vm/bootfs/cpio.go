@@ -6,9 +6,10 @@ import (
 	"io/fs"
 )
 
-// cpioWriter writes the "newc" cpio format the kernel unpacks into its initramfs: a 110-byte ASCII
+// CPIO writes the "newc" cpio format the kernel unpacks into its initramfs: a 110-byte ASCII
 // header per entry, the name NUL-terminated, name and data each padded to 4 bytes, then a trailer.
-type cpioWriter struct {
+// Entries are owned by root whoever writes them, so no privilege is needed to make an initramfs.
+type CPIO struct {
 	w   io.Writer
 	off int64
 	ino int
@@ -23,7 +24,10 @@ const (
 	modeChar = 0o020000
 )
 
-func (c *cpioWriter) write(b []byte) {
+// NewCPIO writes an archive to w; Close ends it.
+func NewCPIO(w io.Writer) *CPIO { return &CPIO{w: w} }
+
+func (c *CPIO) write(b []byte) {
 	if c.err != nil {
 		return
 	}
@@ -32,14 +36,14 @@ func (c *cpioWriter) write(b []byte) {
 	c.err = err
 }
 
-func (c *cpioWriter) pad() {
+func (c *CPIO) pad() {
 	if r := c.off % 4; r != 0 {
 		c.write(make([]byte, 4-r))
 	}
 }
 
 // entry writes one member. name has no leading slash; rdev is (major, minor) for device nodes.
-func (c *cpioWriter) entry(name string, mode uint32, data []byte, major, minor int) {
+func (c *CPIO) entry(name string, mode uint32, data []byte, major, minor int) {
 	c.ino++
 	nlink := 1
 	if mode&0o170000 == modeDir {
@@ -54,19 +58,19 @@ func (c *cpioWriter) entry(name string, mode uint32, data []byte, major, minor i
 	c.pad()
 }
 
-func (c *cpioWriter) Dir(name string) { c.entry(name, modeDir|0o755, nil, 0, 0) }
-func (c *cpioWriter) File(name string, perm fs.FileMode, data []byte) {
+func (c *CPIO) Dir(name string) { c.entry(name, modeDir|0o755, nil, 0, 0) }
+func (c *CPIO) File(name string, perm fs.FileMode, data []byte) {
 	c.entry(name, modeFile|uint32(perm.Perm()), data, 0, 0)
 }
-func (c *cpioWriter) Symlink(name, target string) {
+func (c *CPIO) Symlink(name, target string) {
 	c.entry(name, modeLink|0o777, []byte(target), 0, 0)
 }
-func (c *cpioWriter) CharDev(name string, major, minor int) {
+func (c *CPIO) CharDev(name string, major, minor int) {
 	c.entry(name, modeChar|0o600, nil, major, minor)
 }
 
 // Close writes the trailer and returns the first error.
-func (c *cpioWriter) Close() error {
+func (c *CPIO) Close() error {
 	c.entry("TRAILER!!!", 0, nil, 0, 0)
 	return c.err
 }

@@ -71,7 +71,7 @@ func (s Initramfs) Write(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("guest kernel modules: %w", err)
 	}
-	c := &cpioWriter{w: w}
+	c := NewCPIO(w)
 	for _, d := range []string{"bin", "dev", "etc", "etc/tandem", "lib", "lib/modules", "newroot", "proc", "sys", "tandem"} {
 		c.Dir(d)
 	}

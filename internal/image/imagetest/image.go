@@ -1,0 +1,37 @@
+package imagetest
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"tandem/internal/image"
+)
+
+// Image builds the disk and packs it as a disk-format image file in dir (what `tandem image
+// import` takes), returning the file's path.
+func (d Disk) Image(ctx context.Context, dir string) (string, error) {
+	format := d.Format
+	if format == "" {
+		format = image.DiskRaw
+	}
+	disk := filepath.Join(dir, "disk."+format)
+	if err := d.Build(ctx, disk); err != nil {
+		return "", err
+	}
+	defer os.Remove(disk)
+	meta := image.Metadata{OS: "busybox", Release: "bootdisk", Architecture: image.HostArchitecture(),
+		Variant: d.Firmware, Description: "test boot disk (" + d.Firmware + ", " + format + ")",
+		Types: []string{image.TypeVM}, Firmware: d.Firmware, CreatedAt: time.Now().UTC()}
+	out := filepath.Join(dir, "bootdisk-"+d.Firmware+".tar.zst")
+	f, err := os.Create(out)
+	if err != nil {
+		return "", err
+	}
+	err = image.PackDisk(f, disk, &meta, image.PackOptions{})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return out, err
+}

@@ -1,0 +1,180 @@
+package system
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"tandem/internal/image"
+	"tandem/internal/image/imagetest"
+)
+
+// diskBootDeadline bounds a disk image's boot to its marker under TCG: firmware, boot loader and
+// the kernel take about 15 s (SeaBIOS) to 25 s (OVMF) here; past this the guest hung.
+const diskBootDeadline = 3 * time.Minute
+
+// importBootDisk builds a test boot disk, packs it as a disk image and imports it under alias.
+func importBootDisk(t *testing.T, h *daemonHarness, disk imagetest.Disk, alias string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	file, err := disk.Image(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.must("image", "import", file, "--alias", alias)
+}
+
+// waitConsole waits for a line in the instance's console log and returns the log.
+func waitConsole(t *testing.T, h *daemonHarness, name, want string, d time.Duration) string {
+	t.Helper()
+	var log string
+	for deadline := time.Now().Add(d); ; time.Sleep(time.Second) {
+		log, _, _ = h.tandem("console", name, "--show-log")
+		if strings.Contains(log, want) {
+			return log
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s hung: %q not on its console within %v:\n%s", name, want, d, tail(log, 3000))
+		}
+	}
+}
+
+// lastTick is the highest counter value the disk's init printed.
+func lastTick(log, marker string) int {
+	n := 0
+	for _, m := range regexp.MustCompile(regexp.QuoteMeta(marker)+` tick (\d+)`).FindAllStringSubmatch(log, -1) {
+		v, _ := strconv.Atoi(m[1])
+		n = max(n, v)
+	}
+	return n
+}
+
+// bases lists the VM driver's shared base disks.
+func bases(t *testing.T, h *daemonHarness) []string {
+	t.Helper()
+	b, err := filepath.Glob(filepath.Join(h.dir, "vm", "bases", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func requireDiskImages(t *testing.T, firmware string) {
+	t.Helper()
+	requireRealDrivers(t)
+	imagetest.Require(t, firmware)
+	if firmware == image.FirmwareUEFI {
+		if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
+			t.Skip("skipping: no OVMF (ovmf package)")
+		}
+	}
+}
+
+// A BIOS disk image (SYSLINUX on a qcow2 disk) boots as a VM with no kernel of ours; a container or
+// UEFI cannot have it; exec fails at once for want of an agent; the VM outlives a daemon SIGKILL,
+// stops, boots again, and its base disk goes with it.
+func TestDiskImageBIOS(t *testing.T) {
+	requireDiskImages(t, image.FirmwareBIOS)
+	h := startHost(t, "--accel", "tcg", "--default-network=false")
+	const marker = "BIOS-DISK-MARK"
+	importBootDisk(t, h, imagetest.Disk{Firmware: image.FirmwareBIOS, Format: image.DiskQcow2, Marker: marker}, "bootbios")
+
+	if _, errOut, err := h.tandem("launch", "bootbios", "c1"); err == nil || !strings.Contains(errOut, "VM disk image") || !strings.Contains(errOut, "--vm") {
+		t.Fatalf("a container from a disk image: %v %s", err, errOut)
+	}
+	if _, errOut, err := h.tandem("launch", "bootbios", "v0", "--vm", "-c", "vm.firmware=uefi"); err == nil || !strings.Contains(errOut, "boots with bios firmware") {
+		t.Fatalf("a BIOS disk under UEFI: %v %s", err, errOut)
+	}
+
+	start := time.Now()
+	h.must("launch", "bootbios", "v1", "--vm", "-c", "limits.memory=256MiB")
+	waitConsole(t, h, "v1", marker+" firmware=bios", diskBootDeadline)
+	t.Logf("launch to the disk's init: %v (SeaBIOS, SYSLINUX, TCG)", time.Since(start).Round(100*time.Millisecond))
+	qemu := processesMentioning(filepath.Join(h.dir, "vm", "instances"))
+	if len(qemu) != 1 || strings.Contains(qemu[0], " -kernel ") || strings.Contains(qemu[0], " -initrd ") {
+		t.Errorf("want one QEMU booting the disk, no kernel of ours: %q", qemu)
+	}
+
+	for _, args := range [][]string{{"exec", "v1", "--", "true"}, {"file", "pull", "v1/etc/hostname", "-"}} {
+		start := time.Now()
+		_, errOut, err := h.tandem(args...)
+		if err == nil || !strings.Contains(errOut, "no guest agent") {
+			t.Errorf("%s: %v %q, want a no guest agent error", args[0], err, errOut)
+		}
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("%s took %v to fail", args[0], d)
+		}
+	}
+
+	// The daemon dies and comes back: the VM ran on, it did not boot again.
+	before := lastTick(waitConsole(t, h, "v1", marker+" tick 2", time.Minute), marker)
+	h.stop(syscall.SIGKILL)
+	h.start()
+	assertStatus(t, h, "v1", "Running")
+	log := waitConsole(t, h, "v1", marker+" tick "+strconv.Itoa(before+2), time.Minute)
+	if n := strings.Count(log, marker+" firmware="); n != 1 {
+		t.Errorf("booted %d times across the daemon restart", n)
+	}
+
+	// This init ignores the power button: a graceful stop falls back to force after its timeout.
+	start = time.Now()
+	h.must("stop", "v1", "--timeout", "5")
+	t.Logf("stop with a 5 s timeout took %v", time.Since(start).Round(100*time.Millisecond))
+	assertStatus(t, h, "v1", "Stopped")
+	h.must("start", "v1")
+	for deadline := time.Now().Add(diskBootDeadline); ; time.Sleep(time.Second) {
+		log, _, _ := h.tandem("console", "v1", "--show-log")
+		if strings.Count(log, marker+" firmware=bios") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("v1 hung: no second boot within %v:\n%s", diskBootDeadline, tail(log, 3000))
+		}
+	}
+	if b := bases(t, h); len(b) != 1 || !strings.HasSuffix(b[0], ".qcow2") {
+		t.Errorf("base disks %v, want the image's qcow2", b)
+	}
+	h.must("delete", "v1", "--force")
+	if b := bases(t, h); len(b) != 0 {
+		t.Errorf("base disks left after the last instance: %v", b)
+	}
+	h.must("image", "delete", "bootbios")
+}
+
+// A UEFI disk image (GRUB as EFI/BOOT/BOOTX64.EFI on a raw disk) boots under OVMF; two instances
+// share its raw base, which goes with the last of them.
+func TestDiskImageUEFI(t *testing.T) {
+	requireDiskImages(t, image.FirmwareUEFI)
+	h := startHost(t, "--accel", "tcg", "--default-network=false")
+	const marker = "UEFI-DISK-MARK"
+	importBootDisk(t, h, imagetest.Disk{Firmware: image.FirmwareUEFI, Format: image.DiskRaw, Marker: marker}, "bootuefi")
+
+	start := time.Now()
+	h.must("launch", "bootuefi", "u1", "--vm") // GRUB needs more than 256 MiB: the default 512
+	h.must("create", "bootuefi", "u2", "--vm", "-c", "vm.firmware=uefi")
+	waitConsole(t, h, "u1", marker+" firmware=uefi", diskBootDeadline)
+	t.Logf("launch to the disk's init: %v (OVMF, GRUB, TCG)", time.Since(start).Round(100*time.Millisecond))
+	b := bases(t, h)
+	if len(b) != 1 || !strings.HasSuffix(b[0], ".raw") {
+		t.Fatalf("base disks %v, want one raw disk shared by u1 and u2", b)
+	}
+	if _, errOut, err := h.tandem("exec", "u1", "--", "true"); err == nil || !strings.Contains(errOut, "no guest agent") {
+		t.Errorf("exec: %v %q", err, errOut)
+	}
+	h.must("delete", "u2")
+	if len(bases(t, h)) != 1 {
+		t.Fatal("the base went while u1 uses it")
+	}
+	h.must("delete", "u1", "--force")
+	if b := bases(t, h); len(b) != 0 {
+		t.Errorf("base disks left after the last instance: %v", b)
+	}
+	h.must("image", "delete", "bootuefi")
+}
