@@ -1,7 +1,6 @@
 // Package image is the per-host image library: a content-addressed store of image files with
 // metadata, aliases and reference counts, safe unpacking of hostile archives, and offline builders
-// (busybox, Debian via debootstrap) plus the helpers that turn a rootfs into something a VM boots
-// (an ext4 disk image, a busybox initramfs).
+// (busybox, Debian via debootstrap) plus the helper that turns a rootfs into a VM's root disk.
 //
 // # Image file formats
 //
@@ -72,12 +71,11 @@
 // power button, a console shell; shutdown signal SIGUSR2. debian: shutdown signal SIGRTMIN+3
 // (37; pass the number to runc, which does not know the name).
 //
-// # Booting a rootfs image as a VM
+// # Images as VMs
 //
 // BuildRootDisk makes an ext4 disk of an unpacked rootfs (mkfs.ext4 -d, no mount) as a qcow2 base;
-// BuildInitramfs makes a busybox initramfs that loads the virtio and ext4 modules of the guest
-// kernel (FindGuestKernel, under GuestDir) with their dependencies first, mounts root= (default
-// /dev/vda) and switch_roots into its /sbin/init, or stays in the initramfs under busybox init
-// when there is no root disk ("tandem.noroot" forces that). The kernel command line is the image's
-// kernel_cmdline plus the driver's flags and root=.
+// the VM driver boots it with the guest kernel and its own initramfs (internal/driver/vm/bootfs).
+// A disk image boots its own disk through its firmware: RootfsCache.Describe tells the driver
+// which kind an image is, ExtractDisk hands over the disk, and PackDisk makes such an image from
+// a qcow2 or raw file (internal/image/imagetest builds small bootable ones for tests).
 package image
