@@ -286,7 +286,9 @@ func (s *Store) ExtractDisk(ctx context.Context, ref, out string) (string, error
 	if img.Format != FormatDisk {
 		return "", errdefs.Invalid("image %s has no disk: build one from its rootfs with BuildRootDisk", img.Fingerprint[:MinPrefix])
 	}
+	// Callers serialise extractions to one out: what is at tmp is a crashed one's leftover.
 	tmp := out + ".partial"
+	os.Remove(tmp)
 	defer os.Remove(tmp)
 	pr := &progressReader{r: f, ctx: ctx, total: img.Size, span: 100, msg: "extracting disk"}
 	_, err = walkArchive(ctx, pr, Limits{}, walkHandlers{disk: func(_ string, size int64, r io.Reader) error {

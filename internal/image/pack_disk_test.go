@@ -43,6 +43,7 @@ func TestPackDiskRoundTrip(t *testing.T) {
 		t.Fatalf("describe: %+v %v", info, err)
 	}
 	out := filepath.Join(t.TempDir(), "base.raw")
+	os.WriteFile(out+".partial", []byte("a crashed extraction"), 0o644)
 	if format, err := cache.ExtractDisk(ctx, "bootdisk", out); err != nil || format != DiskRaw {
 		t.Fatalf("extract: %s %v", format, err)
 	}

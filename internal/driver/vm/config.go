@@ -39,8 +39,6 @@ type instanceConfig struct {
 	Firmware string `json:"firmware"` // bios or uefi
 	Windows  bool   `json:"windows,omitempty"`
 	Base     string `json:"base"` // base disk under the overlay
-	// BaseFormat is the base disk's format when it is not qcow2 (a raw disk image's disk).
-	BaseFormat string `json:"base_format,omitempty"`
 	// DiskBoot: the root disk is a disk image's and the firmware boots its own boot loader; no
 	// kernel or initramfs of ours, so no guest agent unless the image brings one.
 	DiskBoot bool `json:"disk_boot,omitempty"`

@@ -76,10 +76,7 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 		err = qemuImg(ctx, "convert", "-q", "-f", baseFormat(info), "-O", "qcow2", base, cfg.Disk)
 		reverts = append(reverts, func() { os.Remove(cfg.Disk) })
 	} else {
-		cfg.Base = base
-		if f := baseFormat(info); f != "qcow2" {
-			cfg.BaseFormat = f
-		}
+		cfg.Base = base // the overlay records the base's format
 		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat(info), "-b", base, p.overlay)
 	}
 	unlockBase()

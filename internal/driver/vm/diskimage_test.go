@@ -112,7 +112,7 @@ func TestDiskImageSharedBase(t *testing.T) {
 	}
 	p := d.paths(hs[0].ID)
 	cfg, _ := loadConfig(p)
-	if !cfg.DiskBoot || cfg.Firmware != "uefi" || cfg.Base != bases[0] || cfg.BaseFormat != "raw" {
+	if !cfg.DiskBoot || cfg.Firmware != "uefi" || cfg.Base != bases[0] {
 		t.Errorf("config %+v", cfg)
 	}
 	out, err := exec.Command("qemu-img", "info", "--output=json", p.overlay).Output()
