@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
+	"tandem/internal/driver"
+	"tandem/internal/driver/vm/vmtest"
 	"tandem/internal/image"
 	"tandem/internal/image/imagetest"
 )
@@ -177,4 +181,68 @@ func TestDiskImageUEFI(t *testing.T) {
 		t.Errorf("base disks left after the last instance: %v", b)
 	}
 	h.must("image", "delete", "bootuefi")
+}
+
+// A VM booted from a disk image migrates like any other: the destination starts QEMU the same way
+// (firmware boot, no kernel of ours, whose option ROM would not match the source's) and the guest's
+// counter carries on there without a second boot.
+func TestVMMigrateDiskImage(t *testing.T) {
+	vmtest.Require(t)
+	imagetest.Require(t, image.FirmwareBIOS)
+	const marker = "MIG-DISK-MARK"
+	file, err := imagetest.Disk{Firmware: image.FirmwareBIOS, Marker: marker}.Image(vmMigCtx(t, time.Minute), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := image.Open(filepath.Join(t.TempDir(), "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := store.Import(vmMigCtx(t, time.Minute), f, image.ImportOptions{})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := image.NewRootfsCache(store, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &vmMigHosts{t: t, dirsA: vmtest.NewDirs(t), dirsB: vmtest.NewDirs(t)}
+	e.a, e.b = vmtest.NewDriver(t, e.dirsA, cache), vmtest.NewDriver(t, e.dirsB, cache)
+	h, err := e.a.Create(vmMigCtx(t, time.Minute), &driver.Spec{ID: uuid.NewString(), Name: "migdisk", Type: "vm",
+		Image: img.Fingerprint, Config: map[string]string{"limits.memory": "256MiB"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		e.a.Delete(ctx, h)
+		e.b.Delete(ctx, h)
+	})
+	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(diskBootDeadline); lastTick(vmMigRead(t, e.a.ConsoleLogPath(h)), marker) < 3; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("hung: no tick 3 within %v:\n%s", diskBootDeadline, tail(vmMigRead(t, e.a.ConsoleLogPath(h)), 3000))
+		}
+	}
+	r := e.migrate(e.a, e.b, h, false, 0)
+	t.Logf("migrated (%s): downtime %v, total %v, disk %d MiB", r.res.Mode, r.res.Downtime, r.res.TotalTime, r.res.DiskBytes>>20)
+	vmMigWaitTicks(t, e.b.ConsoleLogPath(r.dst), lastTick(r.srcLog, marker)+2)
+	dstLog := vmMigRead(t, e.b.ConsoleLogPath(r.dst))
+	vmMigTicks(t, r.srcLog, dstLog)
+	if strings.Contains(dstLog, marker+" firmware=") {
+		t.Error("the guest booted again on the destination")
+	}
+	if err := e.b.Stop(vmMigCtx(t, time.Minute), r.dst, driver.StopOpts{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	vmMigHoldsNothing(t, e.dirsA, h.ID)
 }
