@@ -57,8 +57,20 @@ func vmMigCtx(t *testing.T, d time.Duration) context.Context {
 // guest agent does not answer in time.
 func (e *vmMigHosts) launch(name string) *driver.Handle {
 	t := e.t
-	spec := &driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "busybox",
-		Config: map[string]string{"limits.memory": "256MiB", vm.KeyDiskDir: e.shared}}
+	h := e.create(&driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "busybox",
+		Config: map[string]string{"limits.memory": "256MiB", vm.KeyDiskDir: e.shared}})
+	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := e.a.WaitAgent(vmMigCtx(t, vmBootDeadline), h); err != nil {
+		t.Fatalf("guest hung: no agent %v after start: %v", vmBootDeadline, err)
+	}
+	return h
+}
+
+// create makes the instance on host A; it is deleted on both hosts when the test ends.
+func (e *vmMigHosts) create(spec *driver.Spec) *driver.Handle {
+	t := e.t
 	h, err := e.a.Create(vmMigCtx(t, 2*time.Minute), spec)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
@@ -69,12 +81,6 @@ func (e *vmMigHosts) launch(name string) *driver.Handle {
 		e.a.Delete(ctx, h)
 		e.b.Delete(ctx, h)
 	})
-	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	if err := e.a.WaitAgent(vmMigCtx(t, vmBootDeadline), h); err != nil {
-		t.Fatalf("guest hung: no agent %v after start: %v", vmBootDeadline, err)
-	}
 	return h
 }
 

@@ -1,7 +1,6 @@
 package imagetest
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -58,16 +57,7 @@ func TestBuildBootDisks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := image.Open(filepath.Join(t.TempDir(), "images"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			data, _ := os.ReadFile(file)
-			img, err := s.Import(ctx, bytes.NewReader(data), image.ImportOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, img := Store(t, file)
 			if img.Format != image.FormatDisk || img.DiskFormat != image.DiskQcow2 || img.Metadata.Firmware != c.Firmware {
 				t.Errorf("imported %s/%s firmware %q", img.Format, img.DiskFormat, img.Metadata.Firmware)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"tandem/internal/image"
@@ -34,4 +35,24 @@ func (d Disk) Image(ctx context.Context, dir string) (string, error) {
 		err = cerr
 	}
 	return out, err
+}
+
+// Store opens a store in a temporary directory, closed when t ends, and imports the image file.
+func Store(t testing.TB, file string) (*image.Store, *image.Image) {
+	t.Helper()
+	s, err := image.Open(filepath.Join(t.TempDir(), "images"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := s.Import(context.Background(), f, image.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, img
 }
