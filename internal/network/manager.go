@@ -54,6 +54,9 @@ type Config struct {
 	Subnet    string // e.g. 10.1.2.0/24; empty picks a free 10.x.y.0/24
 	NAT       *bool  // masquerade traffic leaving the subnet; nil means true
 	DNSDomain string // empty means "tandem"
+	// Uplink is an existing host interface to enslave to the bridge (see uplink.go); it needs an
+	// explicit Subnet, the same on every host sharing the segment.
+	Uplink string
 }
 
 // Network describes a managed network.
@@ -64,6 +67,7 @@ type Network struct {
 	Gateway   string    `json:"gateway"`
 	NAT       bool      `json:"nat"`
 	DNSDomain string    `json:"dns_domain"`
+	Uplink    string    `json:"uplink,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	Leases    []Lease   `json:"leases"`
 }
@@ -120,7 +124,7 @@ func (m *Manager) files(name string) dnsmasqFiles {
 func (m *Manager) describe(s *state) Network {
 	n := Network{
 		Name: s.Name, Bridge: s.Name, Subnet: s.Subnet.String(), Gateway: s.gateway().String(),
-		NAT: s.NAT, DNSDomain: s.DNSDomain, CreatedAt: s.CreatedAt, Leases: []Lease{},
+		NAT: s.NAT, DNSDomain: s.DNSDomain, Uplink: s.Uplink, CreatedAt: s.CreatedAt, Leases: []Lease{},
 	}
 	for _, a := range s.sortedAttachments() {
 		n.Leases = append(n.Leases, s.lease(a))
@@ -164,6 +168,9 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	if err := validateDomain(domain); err != nil {
 		return Network{}, err
 	}
+	if err := validateUplink(cfg); err != nil {
+		return Network{}, err
+	}
 	var subnet netip.Prefix
 	if cfg.Subnet != "" {
 		var err error
@@ -180,6 +187,11 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 		return Network{}, err
 	} else if l != nil {
 		return Network{}, errdefs.Exists("an interface named %q already exists on this host; choose another network name", cfg.Name)
+	}
+	if cfg.Uplink != "" {
+		if err := m.checkUplink(ctx, cfg.Uplink); err != nil {
+			return Network{}, err
+		}
 	}
 	others := map[string]netip.Prefix{}
 	for n, s := range m.nets {
@@ -198,7 +210,7 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	}
 
 	s := &state{
-		Name: cfg.Name, Subnet: subnet, NAT: cfg.NAT == nil || *cfg.NAT, DNSDomain: domain,
+		Name: cfg.Name, Subnet: subnet, NAT: cfg.NAT == nil || *cfg.NAT, DNSDomain: domain, Uplink: cfg.Uplink,
 		BridgeMAC: stableMAC("bridge/"+cfg.Name, 0), CreatedAt: time.Now().UTC(),
 		Attachments: map[string]*attachment{},
 	}
@@ -210,15 +222,15 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 		os.RemoveAll(dir)
 		return Network{}, err
 	}
-	if err := m.up(ctx, s); err != nil {
-		if derr := m.down(context.WithoutCancel(ctx), s.Name); derr != nil {
+	if err := m.up(ctx, s, false); err != nil {
+		if derr := m.down(context.WithoutCancel(ctx), s); derr != nil {
 			slog.Warn("network: cleanup after failed create", "network", s.Name, "err", derr)
 		}
 		os.RemoveAll(dir)
 		return Network{}, fmt.Errorf("create network %q: %w", s.Name, err)
 	}
 	m.nets[s.Name] = s
-	slog.Info("network: created", "network", s.Name, "subnet", s.Subnet, "nat", s.NAT)
+	slog.Info("network: created", "network", s.Name, "subnet", s.Subnet, "nat", s.NAT, "uplink", s.Uplink)
 	return m.describe(s), nil
 }
 
@@ -267,7 +279,7 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 		return errdefs.Conflict("network %q is in use by %s", name, strings.Join(shown, ", "))
 	}
 	// On failure the record stays, so Delete can be retried.
-	if err := m.down(ctx, name); err != nil {
+	if err := m.down(ctx, s); err != nil {
 		return fmt.Errorf("delete network %q: %w", name, err)
 	}
 	if err := os.RemoveAll(m.netDir(name)); err != nil {
@@ -279,7 +291,9 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 }
 
 // Recover brings back every recorded network after a daemon restart or a reboot: bridge, address,
-// forwarding, nft tables, dnsmasq. It is idempotent and leaves a running dnsmasq alone.
+// forwarding, nft tables, uplink, dnsmasq. It is idempotent and leaves a running dnsmasq alone. An
+// uplink that is missing or taken is logged, not an error: the network comes up host-local rather
+// than keep the daemon from starting, and the next start enslaves it again.
 func (m *Manager) Recover(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -290,15 +304,16 @@ func (m *Manager) Recover(ctx context.Context) error {
 	sort.Strings(names)
 	var errs []error
 	for _, n := range names {
-		if err := m.up(ctx, m.nets[n]); err != nil {
+		if err := m.up(ctx, m.nets[n], true); err != nil {
 			errs = append(errs, fmt.Errorf("recover network %q: %w", n, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// up makes the host match a network's state; every step is idempotent.
-func (m *Manager) up(ctx context.Context, s *state) error {
+// up makes the host match a network's state; every step is idempotent. recovering tolerates a
+// missing uplink (see Recover).
+func (m *Manager) up(ctx context.Context, s *state, recovering bool) error {
 	if err := enableForwarding(); err != nil {
 		return err
 	}
@@ -308,15 +323,23 @@ func (m *Manager) up(ctx context.Context, s *state) error {
 	if err := applyNft(ctx, nftRuleset(s)); err != nil {
 		return err
 	}
+	if err := ensureUplink(ctx, s); err != nil {
+		if !recovering {
+			return err
+		}
+		slog.Warn("network: uplink not attached; the network is host-local until the next start", "network", s.Name, "err", err)
+	}
 	return m.ensureDnsmasq(ctx, s)
 }
 
 // down removes what up made; absent pieces are fine. It keeps going on errors to remove the rest.
-func (m *Manager) down(ctx context.Context, name string) error {
+// The uplink is released before the bridge goes, and stays up.
+func (m *Manager) down(ctx context.Context, s *state) error {
 	return errors.Join(
-		stopDnsmasq(ctx, m.files(name)),
-		applyNft(ctx, nftRemoval(name)),
-		deleteLink(ctx, name),
+		stopDnsmasq(ctx, m.files(s.Name)),
+		releaseUplink(ctx, s),
+		applyNft(ctx, nftRemoval(s.Name)),
+		deleteLink(ctx, s.Name),
 	)
 }
 

@@ -21,7 +21,8 @@ func portChain(hostIf string) string { return "port-" + hostIf }
 // or bound for the host, and needs neither br_netfilter nor conntrack. A port may send only from its
 // MAC, ARP only for its own IP (or 0.0.0.0 probes), IPv4 only from its IP (or a DHCP request from
 // 0.0.0.0), no DHCP server replies, and nothing else: the network is IPv4-only, so IPv6 and VLAN-
-// tagged frames, which could carry any address, are dropped.
+// tagged frames, which could carry any address, are dropped. Only instance ports are filtered so:
+// the uplink, if any, has its own chain (writeUplinkChains), which keeps the hosts' gateways apart.
 func nftRuleset(s *state) string {
 	t := tableName(s.Name)
 	var b strings.Builder
@@ -34,16 +35,22 @@ func nftRuleset(s *state) string {
 			ports = append(ports, a)
 		}
 	}
-	if len(ports) > 0 {
-		var jumps []string
-		for _, a := range ports {
-			jumps = append(jumps, fmt.Sprintf("%q : jump %s", a.HostIf, portChain(a.HostIf)))
-		}
+	var jumps []string
+	for _, a := range ports {
+		jumps = append(jumps, fmt.Sprintf("%q : jump %s", a.HostIf, portChain(a.HostIf)))
+	}
+	if s.Uplink != "" {
+		jumps = append(jumps, fmt.Sprintf("%q : jump %s", s.Uplink, uplinkChain))
+	}
+	if len(jumps) > 0 {
 		fmt.Fprintf(&b, "\t\tiifname vmap { %s }\n", strings.Join(jumps, ", "))
 	}
 	b.WriteString("\t}\n")
 	for _, a := range ports {
 		writePortChain(&b, a)
+	}
+	if s.Uplink != "" {
+		writeUplinkChains(&b, s)
 	}
 	b.WriteString("}\n")
 
@@ -67,6 +74,29 @@ func writePortChain(b *strings.Builder, a *attachment) {
 	fmt.Fprintf(b, "\t\tether type ip ip saddr %s accept\n", a.IPv4)
 	b.WriteString("\t\tether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept\n")
 	b.WriteString("\t\tdrop\n")
+	b.WriteString("\t}\n")
+}
+
+// uplinkChain filters what arrives from the uplink; "port-" chains cannot take its name.
+const uplinkChain = "uplink-in"
+
+// writeUplinkChains renders the uplink's filters (see uplink.go): from the segment, only IPv4 and
+// ARP (the network is IPv4-only), nothing from another host's gateway (same MAC as ours), no ARP
+// for or from the gateway address (each host answers its own instances), no DHCP (each dnsmasq
+// serves its own); towards the segment, nothing of the host's own (the output hook sees only
+// frames the host sends through the bridge, all from the gateway MAC; instances' frames are
+// forwarded, not output).
+func writeUplinkChains(b *strings.Builder, s *state) {
+	gw := s.gateway()
+	fmt.Fprintf(b, "\tchain %s {\n", uplinkChain)
+	b.WriteString("\t\tether type != { arp, ip } drop\n")
+	fmt.Fprintf(b, "\t\tether saddr %s drop\n", s.BridgeMAC)
+	fmt.Fprintf(b, "\t\tether type arp arp saddr ip %s drop\n", gw)
+	fmt.Fprintf(b, "\t\tether type arp arp daddr ip %s drop\n", gw)
+	b.WriteString("\t\tether type ip udp dport { 67, 68 } drop\n")
+	b.WriteString("\t}\n")
+	b.WriteString("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n")
+	fmt.Fprintf(b, "\t\toifname %q drop\n", s.Uplink)
 	b.WriteString("\t}\n")
 }
 

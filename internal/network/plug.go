@@ -83,6 +83,11 @@ func (m *Manager) plug(ctx context.Context, network string, lease Lease, hostIf,
 	if a.MAC != lease.MAC || a.IPv4 != lease.IPv4 {
 		return errdefs.Conflict("lease of NIC %s of %s is stale: the network now has %s %s", lease.NIC, lease.Instance, a.MAC, a.IPv4)
 	}
+	for _, o := range m.nets {
+		if o.Uplink == hostIf { // it may be a veth, which the leftover clean-up below would delete
+			return errdefs.Conflict("interface %q is the uplink of network %q", hostIf, o.Name)
+		}
+	}
 	for _, o := range s.Attachments {
 		if o != a && o.HostIf == hostIf {
 			return errdefs.Conflict("interface %q is already %s/%s's", hostIf, o.Instance, o.NIC)

@@ -21,7 +21,12 @@ type state struct {
 	Subnet    netip.Prefix `json:"subnet"`
 	NAT       bool         `json:"nat"`
 	DNSDomain string       `json:"dns_domain"`
+	// Uplink is a host interface enslaved to the bridge, joining this network to the same-named
+	// networks of other hosts on one L2 segment (uplink.go); "" for a host-local network.
+	Uplink string `json:"uplink,omitempty"`
 	// BridgeMAC is fixed so the bridge does not take a port's MAC and change it as ports come and go.
+	// It derives from the name alone, so with an uplink every host's gateway has the same MAC (and
+	// address): an instance moved to another host finds its gateway unchanged, answered locally.
 	BridgeMAC string    `json:"bridge_mac"`
 	CreatedAt time.Time `json:"created_at"`
 	// Next is where the next dynamic allocation starts looking: round robin, so a released address
