@@ -217,6 +217,20 @@ func (d *fakeDaemon) handler() http.Handler {
 			KVM:     api.HostKVM{Present: true, Reason: "nested virtualisation hangs"},
 			Drivers: []api.DriverInfo{{Name: "qemu", Type: api.TypeVM, Version: "7.2", Available: true}}})
 	})
+	mux.HandleFunc("GET /1.0/networks", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, 200, []api.Network{
+			{Name: "lab", Bridge: "lab", Subnet: "10.77.0.0/24", Gateway: "10.77.0.1", Uplink: "eth1", UsedBy: []string{"c1/eth0"}},
+			{Name: "tandem0", Bridge: "tandem0", Subnet: "10.3.4.0/24", Gateway: "10.3.4.1", NAT: true, UsedBy: []string{}},
+		})
+	})
+	mux.HandleFunc("POST /1.0/networks", func(w http.ResponseWriter, r *http.Request) {
+		var req api.NetworksPost
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			replyErr(w, 400, "bad body: %v", err)
+			return
+		}
+		reply(w, 201, api.Network{Name: req.Name, Bridge: req.Name, Subnet: req.Subnet, Uplink: req.Uplink, UsedBy: []string{}})
+	})
 	mux.HandleFunc("GET /1.0/", func(w http.ResponseWriter, r *http.Request) {
 		replyErr(w, 404, "no route for %s", r.URL.Path)
 	})

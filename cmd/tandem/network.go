@@ -14,7 +14,7 @@ func init() { register(newNetworkCmd) }
 
 func newNetworkCmd(a *app) *cobra.Command {
 	cmd := groupCmd("network", "Manage networks shared by containers and VMs")
-	var subnet string
+	var subnet, uplink string
 	var nat bool
 	create := &cobra.Command{
 		Use:   "create NAME",
@@ -25,7 +25,7 @@ func newNetworkCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.NetworksPost{Name: args[0], Subnet: subnet}
+			req := api.NetworksPost{Name: args[0], Subnet: subnet, Uplink: uplink}
 			if cmd.Flags().Changed("nat") {
 				req.NAT = &nat
 			}
@@ -33,12 +33,18 @@ func newNetworkCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "Created network %s (%s)\n", n.Name, n.Subnet)
+			if n.Uplink != "" {
+				fmt.Fprintf(a.stdout, "Created network %s (%s, uplink %s)\n", n.Name, n.Subnet, n.Uplink)
+			} else {
+				fmt.Fprintf(a.stdout, "Created network %s (%s)\n", n.Name, n.Subnet)
+			}
 			return nil
 		},
 	}
 	create.Flags().StringVar(&subnet, "subnet", "", "IPv4 subnet, e.g. 10.20.0.0/24 (default: a free /24)")
 	create.Flags().BoolVar(&nat, "nat", true, "masquerade traffic leaving the network")
+	create.Flags().StringVar(&uplink, "uplink", "",
+		"enslave this unconfigured host interface to the bridge: hosts with the same network (name and --subnet) share its L2 segment")
 	cmd.AddCommand(create, &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -54,9 +60,9 @@ func newNetworkCmd(a *app) *cobra.Command {
 				return err
 			}
 			return a.render(nets, func(w io.Writer) error {
-				t := newTable(w, "NAME", "SUBNET", "GATEWAY", "NAT", "USED BY")
+				t := newTable(w, "NAME", "SUBNET", "GATEWAY", "NAT", "UPLINK", "USED BY")
 				for _, n := range nets {
-					t.row(n.Name, n.Subnet, n.Gateway, fmt.Sprint(n.NAT), fmt.Sprint(len(n.UsedBy)))
+					t.row(n.Name, n.Subnet, n.Gateway, fmt.Sprint(n.NAT), orDash(n.Uplink), fmt.Sprint(len(n.UsedBy)))
 				}
 				return t.flush()
 			})
@@ -75,8 +81,8 @@ func newNetworkCmd(a *app) *cobra.Command {
 				return err
 			}
 			return a.render(n, func(w io.Writer) error {
-				fmt.Fprintf(w, "Name: %s\nBridge: %s\nSubnet: %s\nGateway: %s\nNAT: %v\nDNS domain: %s\nUsed by: %s\n",
-					n.Name, n.Bridge, n.Subnet, n.Gateway, n.NAT, n.DNSDomain, strings.Join(n.UsedBy, ", "))
+				fmt.Fprintf(w, "Name: %s\nBridge: %s\nSubnet: %s\nGateway: %s\nNAT: %v\nUplink: %s\nDNS domain: %s\nUsed by: %s\n",
+					n.Name, n.Bridge, n.Subnet, n.Gateway, n.NAT, orDash(n.Uplink), n.DNSDomain, strings.Join(n.UsedBy, ", "))
 				return nil
 			})
 		},
