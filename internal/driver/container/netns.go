@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/driver"
+	"tandem/internal/network"
 )
 
 // The network namespace runc creates for a container is bind-mounted at <run>/netns while the
@@ -94,36 +94,9 @@ func (d *Driver) NetnsPath(h *driver.Handle) string {
 
 // loopbackUp brings lo up in the network namespace at path. CRIU 4.1.1 restores a runc container
 // into a fresh network namespace without its links' state (see checkpoint.go), so after a restore
-// lo is down and loopback traffic inside fails. It runs on a locked OS thread that joins the
-// namespace and then returns to the daemon's.
+// lo is down and loopback traffic inside fails.
 func loopbackUp(path string) error {
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(target)
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		defer unix.Close(self)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		err = setLinkUp("lo")
-		if unix.Setns(self, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread() // back home; otherwise the thread dies with the goroutine
-		}
-		done <- err
-	}()
-	return <-done
+	return network.InNetns(path, func() error { return setLinkUp("lo") })
 }
 
 // setLinkUp sets IFF_UP on a link of the calling thread's network namespace.
