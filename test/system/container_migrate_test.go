@@ -280,6 +280,11 @@ func (m *migEnv) move(h *driver.Handle, shared bool) {
 		}
 	}
 	copied := time.Since(copyStart)
+	garps, err := containertest.WatchGARP(m.net.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer garps.Close()
 	rs, err := m.b.Restore(ctx, &handle, container.RestoreOpts{Dir: images})
 	if err != nil {
 		t.Fatalf("restore on B: %v", err)
@@ -297,6 +302,10 @@ func (m *migEnv) move(h *driver.Handle, shared bool) {
 	}
 	*h = handle
 	m.checkCarriesOn(m.b, h, before)
+	// B announced the container (3 rounds, 100 ms apart, the first before Restore returned).
+	if n := garps.Count(m.net.MAC(h.ID), m.net.Addr(h.ID)); n != 3 {
+		t.Errorf("%d gratuitous ARPs from %s %s after the restore, want 3", n, m.net.MAC(h.ID), m.net.Addr(h.ID))
+	}
 	if shared {
 		if _, err := os.Stat(src); err != nil {
 			t.Errorf("A's release removed the shared rootfs: %v", err)

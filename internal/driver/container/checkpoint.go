@@ -194,7 +194,8 @@ func (d *Driver) restore(ctx context.Context, h *driver.Handle, st *instState) e
 
 // restoreFrom runs `runc restore` of the images in dir from a new shim, with the restore hook
 // that readies the network namespace before CRIU restores sockets (nethook.go). lazy, if set,
-// is the lazy-pages daemon the restore takes its memory from. The caller cleans up on failure.
+// is the lazy-pages daemon the restore takes its memory from. The caller cleans up on failure. A
+// restored container's addresses are announced (announce.go).
 func (d *Driver) restoreFrom(ctx context.Context, h *driver.Handle, st *instState, dir string, lazy *lazyPages, noAddrs bool) error {
 	if d.criuPath == "" {
 		return errdefs.Unavailable("container %s has a checkpoint, and restoring it needs CRIU, which is not installed", h.ID)
@@ -244,11 +245,13 @@ func (d *Driver) restoreFrom(ctx context.Context, h *driver.Handle, st *instStat
 		// Not expected with runc 1.1 (and TCP connections would not have come back): make the
 		// namespace usable the old way, after the fact.
 		slog.Warn("restore: "+errNoHook.Error()+"; preparing the network after the restore", "container", h.ID)
-		return d.prepareRestoredNetns(ctx, h, p, pid, meta.Net, false)
-	}
-	if uerr != nil {
+		if err := d.prepareRestoredNetns(ctx, h, p, pid, meta.Net, false); err != nil {
+			return err
+		}
+	} else if uerr != nil {
 		return fmt.Errorf("restore %s: lift the restore lock: %w", h.ID, uerr)
 	}
+	announce(h.ID, p.netns)
 	return nil
 }
 

@@ -215,6 +215,8 @@ func (d *Driver) recoverLazy(ctx context.Context, h *driver.Handle, st *instStat
 			if err := unlockAfterLazyAbort(ctx, p.netns); err != nil {
 				slog.Error("resume after a lazy dump", "container", h.ID, "err", err)
 			}
+			// The destination may have run it for a while, and announced it there.
+			announce(h.ID, p.netns)
 		}
 		st.Migration = ""
 		return d.save(h, st)
