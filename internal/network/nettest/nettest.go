@@ -40,14 +40,7 @@ func InFreshNetns(t *testing.T, tools ...string) bool {
 		t.Skipf("cannot create a network namespace: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
-		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-		for _, f := range strings.Fields(string(out)) {
-			var pid int
-			if fmt.Sscan(f, &pid); pid > 0 {
-				t.Logf("killing leftover pid %d in %s", pid, ns)
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
+		killLeftovers(t, ns)
 		exec.Command("ip", "netns", "del", ns).Run()
 		leftovers, _ := filepath.Glob("/run/netns/tdt" + suffix + "*")
 		for _, f := range leftovers {
@@ -68,6 +61,19 @@ func InFreshNetns(t *testing.T, tools ...string) bool {
 		t.Fatalf("%s in netns %s: %v", t.Name(), ns, err)
 	}
 	return false
+}
+
+// killLeftovers kills what still runs in a namespace (a dnsmasq a failed test did not stop), so
+// that deleting it really frees it.
+func killLeftovers(t *testing.T, ns string) {
+	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+	for _, f := range strings.Fields(string(out)) {
+		var pid int
+		if fmt.Sscan(f, &pid); pid > 0 {
+			t.Logf("killing leftover pid %d in %s", pid, ns)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
 
 // Env holds the helper namespaces of one child run. Every command is bounded in time.
@@ -95,12 +101,16 @@ func (e *Env) NS(name string) string { return "tdt" + e.suffix + "-" + name }
 // NSPath is the path a driver would be given for a helper namespace.
 func (e *Env) NSPath(name string) string { return "/run/netns/" + e.NS(name) }
 
-// AddNS creates a helper namespace (loopback up) and deletes it when the test ends.
+// AddNS creates a helper namespace (loopback up) and, when the test ends, kills what runs in it
+// and deletes it.
 func (e *Env) AddNS(t *testing.T, name string) string {
 	ns := e.NS(name)
 	e.Sh(t, "ip", "netns", "add", ns)
 	e.Sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	e.t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	e.t.Cleanup(func() {
+		killLeftovers(e.t, ns)
+		exec.Command("ip", "netns", "del", ns).Run()
+	})
 	return ns
 }
 
