@@ -150,3 +150,18 @@ func TestAttachTakesOverLease(t *testing.T) {
 		}
 	}
 }
+
+// A NIC cannot be plugged under the uplink's name: plug would take a veth uplink for a leftover.
+func TestPlugRefusesUplinkName(t *testing.T) {
+	ctx := context.Background()
+	s := testState(t, "10.77.0.0/24")
+	s.Uplink = "up0"
+	m, _ := seedManager(t, s)
+	l, err := m.Attach(ctx, "net1", "c1", "eth0", AttachOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.PlugTap(ctx, "net1", l, "up0"); !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "uplink") {
+		t.Fatalf("plug as up0: %v, want conflict", err)
+	}
+}
