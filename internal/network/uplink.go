@@ -19,9 +19,9 @@ import (
 // instance moved to another host finds its gateway (and its ARP entry for it) unchanged, and
 // routing, NAT, DNS and DHCP happen on the host it runs on. The uplink's nft chain keeps the
 // gateways apart: it drops what another host's gateway sends (its MAC is ours), ARP for or from
-// the gateway address, and DHCP (each dnsmasq knows only its own instances' MACs, and being
-// authoritative would NAK another host's instance that renews by broadcast); the host's own
-// frames never leave by the uplink. Instance ports keep their anti-spoofing chains; what comes in
+// the gateway address, and DHCP (each dnsmasq serves only its own instances' MACs and ignores
+// the rest; nor may a DHCP server elsewhere on the segment address tandem's instances); the host's
+// own frames never leave by the uplink. Instance ports keep their anti-spoofing chains; what comes in
 // by the uplink is not judged by them (each host filters its own instances). So instances reach each other and
 // on-link machines across hosts, but a host reaches only its own instances, and the gateway
 // address is not reachable from the segment. tandem does not keep addresses apart across hosts:
