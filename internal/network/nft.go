@@ -19,10 +19,11 @@ func portChain(hostIf string) string { return "port-" + hostIf }
 //
 // Anti-spoofing uses the bridge family: its prerouting hook sees every frame a port sends, bridged
 // or bound for the host, and needs neither br_netfilter nor conntrack. A port may send only from its
-// MAC, ARP only for its own IP (or 0.0.0.0 probes), IPv4 only from its IP (or a DHCP request from
-// 0.0.0.0), no DHCP server replies, and nothing else: the network is IPv4-only, so IPv6 and VLAN-
-// tagged frames, which could carry any address, are dropped. Only instance ports are filtered so:
-// the uplink, if any, has its own chain (writeUplinkChains), which keeps the hosts' gateways apart.
+// MAC: RARP (QEMU's announce), ARP only for its own IP (or 0.0.0.0 probes), IPv4 only from its IP
+// (or a DHCP request from 0.0.0.0), no DHCP server replies, and nothing else: the network is
+// IPv4-only, so IPv6 and VLAN-tagged frames, which could carry any address, are dropped. Only
+// instance ports are filtered so: the uplink, if any, has its own chain (writeUplinkChains), which
+// keeps the hosts' gateways apart.
 func nftRuleset(s *state) string {
 	t := tableName(s.Name)
 	var b strings.Builder
@@ -67,6 +68,9 @@ func nftRuleset(s *state) string {
 func writePortChain(b *strings.Builder, a *attachment) {
 	fmt.Fprintf(b, "\tchain %s {\n", portChain(a.HostIf))
 	fmt.Fprintf(b, "\t\tether saddr != %s drop\n", a.MAC)
+	// RARP is QEMU's self-announce of a migrated VM: it teaches the switches the NIC's new port.
+	// It comes from the NIC's MAC (checked above) and claims no IP address.
+	b.WriteString("\t\tether type 0x8035 accept\n")
 	fmt.Fprintf(b, "\t\tether type arp arp saddr ether != %s drop\n", a.MAC)
 	fmt.Fprintf(b, "\t\tether type arp arp saddr ip != { 0.0.0.0, %s } drop\n", a.IPv4)
 	b.WriteString("\t\tether type arp accept\n")
@@ -80,16 +84,16 @@ func writePortChain(b *strings.Builder, a *attachment) {
 // uplinkChain filters what arrives from the uplink; "port-" chains cannot take its name.
 const uplinkChain = "uplink-in"
 
-// writeUplinkChains renders the uplink's filters (see uplink.go): from the segment, only IPv4 and
-// ARP (the network is IPv4-only), nothing from another host's gateway (same MAC as ours), no ARP
-// for or from the gateway address (each host answers its own instances), no DHCP (each dnsmasq
-// serves its own); towards the segment, nothing of the host's own (the output hook sees only
-// frames the host sends through the bridge, all from the gateway MAC; instances' frames are
-// forwarded, not output).
+// writeUplinkChains renders the uplink's filters (see uplink.go). From the segment: only IPv4, ARP
+// and RARP (the network is IPv4-only; RARP is QEMU's announce of a VM moved to another host),
+// nothing from another host's gateway (same MAC as ours), no ARP for or from the gateway address
+// (each host answers its own instances), no DHCP (each dnsmasq serves its own). Towards the
+// segment: nothing of the host's own (the output hook sees only frames the host sends through the
+// bridge, all from the gateway MAC; instances' frames are forwarded, not output).
 func writeUplinkChains(b *strings.Builder, s *state) {
 	gw := s.gateway()
 	fmt.Fprintf(b, "\tchain %s {\n", uplinkChain)
-	b.WriteString("\t\tether type != { arp, ip } drop\n")
+	b.WriteString("\t\tether type != { arp, ip, 0x8035 } drop\n")
 	fmt.Fprintf(b, "\t\tether saddr %s drop\n", s.BridgeMAC)
 	fmt.Fprintf(b, "\t\tether type arp arp saddr ip %s drop\n", gw)
 	fmt.Fprintf(b, "\t\tether type arp arp daddr ip %s drop\n", gw)

@@ -29,6 +29,7 @@ table bridge tandem-net1 {
 	}
 	chain port-tdmaaaa {
 		ether saddr != 00:16:3e:00:00:01 drop
+		ether type 0x8035 accept
 		ether type arp arp saddr ether != 00:16:3e:00:00:01 drop
 		ether type arp arp saddr ip != { 0.0.0.0, 10.1.2.2 } drop
 		ether type arp accept
@@ -39,6 +40,7 @@ table bridge tandem-net1 {
 	}
 	chain port-tdmbbbb {
 		ether saddr != 00:16:3e:00:00:02 drop
+		ether type 0x8035 accept
 		ether type arp arp saddr ether != 00:16:3e:00:00:02 drop
 		ether type arp arp saddr ip != { 0.0.0.0, 10.1.2.3 } drop
 		ether type arp accept

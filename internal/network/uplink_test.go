@@ -48,7 +48,7 @@ func TestNftRulesetUplink(t *testing.T) {
 	for _, want := range []string{
 		`iifname vmap { "tdmaaaa" : jump port-tdmaaaa, "tdmbbbb" : jump port-tdmbbbb, "up0" : jump uplink-in }`,
 		`	chain uplink-in {
-		ether type != { arp, ip } drop
+		ether type != { arp, ip, 0x8035 } drop
 		ether saddr 00:16:3e:aa:bb:cc drop
 		ether type arp arp saddr ip 10.1.2.1 drop
 		ether type arp arp daddr ip 10.1.2.1 drop

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
 	"tandem/internal/network"
@@ -46,6 +49,7 @@ func TestUplinkAcrossHosts(t *testing.T) {
 		{"Create", u.create},
 		{"AcrossHosts", u.acrossHosts},
 		{"Move", u.move},
+		{"MoveVM", u.moveVM},
 		{"Recover", u.recover},
 		{"Delete", u.delete},
 	} {
@@ -265,6 +269,40 @@ func (u *uplinkTest) move(t *testing.T) {
 	u.ping(t, "ib", la.IPv4.String())
 }
 
+// moveVM moves ib to ha the way a VM moves: QEMU's self-announce is a RARP frame from the NIC's
+// MAC, which the port's anti-spoofing chain lets through to the uplink.
+func (u *uplinkTest) moveVM(t *testing.T) {
+	lb := u.leases["ib"]
+	u.must(t, "hb", func(ctx context.Context, m *network.Manager) error { return m.Detach(ctx, "lab", "ib", "eth0") })
+	u.plug(t, "ha", "ib", "ib2", network.AttachOptions{MAC: lb.MAC, IPv4: lb.IPv4.String()})
+	u.Sh(t, "ip", "-n", u.NS("ib2"), "addr", "add", lb.CIDR(), "dev", "eth0")
+	if p := u.switchPort(t, lb.MAC); p != "lab-hb" {
+		t.Errorf("before the announcement the switch has ib on %q, want the stale lab-hb", p)
+	}
+	mac, _ := net.ParseMAC(lb.MAC)
+	rarp := append(append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, mac...), 0x80, 0x35, // Ethernet, RARP
+		0, 1, 8, 0, 6, 4, 0, 3) // Ethernet/IPv4, "reverse request", as QEMU's announce_self_create
+	rarp = append(append(append(append(rarp, mac...), 0, 0, 0, 0), mac...), 0, 0, 0, 0)
+	if err := network.InNetns(u.NSPath("ib2"), func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, rarp, 0, &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if p := u.switchPort(t, lb.MAC); p != "lab-ha" {
+		t.Fatalf("after QEMU's RARP the switch has ib on %q, want lab-ha", p)
+	}
+	u.ping(t, "cl", lb.IPv4.String())
+}
+
 // recover: ha "reboots" (bridge, rules and dnsmasq gone; up0 free): Recover enslaves up0 again and
 // a new instance there reaches the others. An uplink gone for good does not fail Recover.
 func (u *uplinkTest) recover(t *testing.T) {
@@ -294,7 +332,7 @@ func (u *uplinkTest) recover(t *testing.T) {
 }
 
 func (u *uplinkTest) delete(t *testing.T) {
-	for host, insts := range map[string][]string{"ha": {"ic"}, "hb": {"ib", "ia"}} {
+	for host, insts := range map[string][]string{"ha": {"ic", "ib"}, "hb": {"ia"}} {
 		u.must(t, host, func(ctx context.Context, m *network.Manager) error {
 			for _, inst := range insts {
 				if err := m.Detach(ctx, "lab", inst, "eth0"); err != nil {
