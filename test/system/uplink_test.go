@@ -322,7 +322,7 @@ func (u *uplinkTest) recover(t *testing.T) {
 	if got, err := u.DHCP("ic"); err != nil || !strings.HasPrefix(got, "10.77.0.20 ") {
 		t.Fatalf("ic: DHCP %q, %v", got, err)
 	}
-	u.ping(t, "ic", "10.77.0.11")
+	u.ping(t, "ic", u.leases["ia"].IPv4.String()) // on hb since the move
 	u.ping(t, "cl", lc.IPv4.String())
 
 	u.Sh(t, "ip", "-n", u.NS("ha"), "link", "del", "up0") // the lab NIC is gone
