@@ -72,13 +72,11 @@ func newLab(t *testing.T, n int) *lab {
 			mustRun(t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", mg)
 			mustRun(t, "ip", "-n", ns, "link", "set", mg, "up")
 		}, "--accel", "tcg", "--listen", addr+":8443")
-		h.must("network", "create", "lab", "--subnet", l.subnet, "--nat=false")
-		var nw api.Network
-		json.Unmarshal([]byte(h.must("network", "info", "lab", "--format", "json")), &nw)
+		// The host's "lab" network is bridged to the segment through its uplink.
 		mustRun(t, "ip", "link", "add", lk, "type", "veth", "peer", "name", lk+"p")
 		mustRun(t, "ip", "link", "set", lk, "netns", h.netns)
 		mustRun(t, "ip", "link", "set", lk+"p", "master", labBr, "up")
-		mustRun(t, "ip", "-n", h.netns, "link", "set", lk, "master", nw.Bridge, "up")
+		h.must("network", "create", "lab", "--subnet", l.subnet, "--nat=false", "--uplink", lk)
 		l.hosts, l.mgmt = append(l.hosts, h), append(l.mgmt, mg)
 	}
 	for i, a := range l.hosts {
