@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,7 +25,14 @@ const rsyncModule = "dest"
 
 // serveRsync runs rsync's server for dir on conn until the client is done.
 func serveRsync(ctx context.Context, conn io.ReadWriteCloser, dir, tmp string) error {
-	conf := filepath.Join(tmp, "rsyncd.conf")
+	// One config per server: a move runs several side by side.
+	f, err := os.CreateTemp(tmp, "rsyncd-*.conf")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	conf := f.Name()
+	defer os.Remove(conf)
 	text := fmt.Sprintf(`[%s]
 path = %s
 read only = false
