@@ -2,11 +2,13 @@ package migrate
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -83,5 +85,60 @@ func TestRsyncThroughTunnelKeepsTreeAndDeletes(t *testing.T) {
 	}
 	if f.sent.Load() == 0 {
 		t.Fatal("forwarder counted no bytes")
+	}
+}
+
+// A move copies its rootfs and its dump side by side: two servers of one migration (one state dir)
+// must each write where their own endpoint says.
+func TestRsyncServersSideBySide(t *testing.T) {
+	for _, tool := range []string{"rsync", "socat"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	state := t.TempDir()
+	var srcs, dsts [2]string
+	for i := range srcs {
+		srcs[i], dsts[i] = t.TempDir(), t.TempDir()
+		for j := 0; j < 50; j++ {
+			os.WriteFile(filepath.Join(srcs[i], fmt.Sprintf("f%d-%d", i, j)), []byte("x"), 0o644)
+		}
+	}
+	errs := make(chan error, 2)
+	for i := range srcs {
+		go func() {
+			dst := dsts[i]
+			open := func(ctx context.Context) (io.ReadWriteCloser, error) {
+				a, b := net.Pipe()
+				go serveRsync(ctx, b, dst, state)
+				return a, nil
+			}
+			sock := filepath.Join(t.TempDir(), "s.sock")
+			f, err := forward(ctx, sock, open, nil)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			errs <- rsyncTo(ctx, srcs[i], rsyncOpts{Socket: sock})
+		}()
+	}
+	for range srcs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range dsts {
+		entries, _ := os.ReadDir(dsts[i])
+		if len(entries) != 50 {
+			t.Fatalf("destination %d holds %d files, want its own 50", i, len(entries))
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), fmt.Sprintf("f%d-", i)) {
+				t.Fatalf("destination %d got %s", i, e.Name())
+			}
+		}
 	}
 }
