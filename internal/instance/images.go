@@ -57,6 +57,11 @@ func (m *Manager) Publish(ctx context.Context, name string, aliases []string) (*
 			return err
 		}
 		fp, err := m.images.Publish(ctx, rec.Handle.Spec.Image, src, "published from instance "+name, aliases)
+		if src.Done != nil {
+			if derr := src.Done(); derr != nil && err == nil {
+				err = derr
+			}
+		}
 		if err != nil {
 			return err
 		}
