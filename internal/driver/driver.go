@@ -106,7 +106,8 @@ type StateSnapshotter interface {
 	SnapshotState(ctx context.Context, h *Handle, snap string) error
 	// StateSnapshots lists the snapshots that have memory saved.
 	StateSnapshots(ctx context.Context, h *Handle) ([]string, error)
-	// RestoreState makes the next Start resume from snap's memory instead of booting.
+	// RestoreState makes the next Start resume from snap's memory instead of booting; snap ""
+	// makes it boot (whatever memory a stateful stop saved no longer fits the disk).
 	RestoreState(ctx context.Context, h *Handle, snap string) error
 	DeleteStateSnapshot(ctx context.Context, h *Handle, snap string) error
 }

@@ -52,6 +52,10 @@ func (m *Manager) Publish(ctx context.Context, name string, aliases []string) (*
 		return nil
 	}
 	return m.runLocked(name, "Publishing instance "+name, check, func(ctx context.Context, op *operations.Op) error {
+		if err := m.holdRoot(ctx, rec); err != nil { // its root may be mounted to be read
+			return err
+		}
+		defer m.letRootGo(name)
 		src, err := pub.PublishSource(ctx, rec.Handle)
 		if err != nil {
 			return err

@@ -40,8 +40,8 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 		}
 		v.Size = roundSize(size)
 	}
-	if kind != TypeContainer && kind != TypeVM {
-		return nil, errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+	if err := checkKind(kind); err != nil {
+		return nil, err
 	}
 	if kind == TypeVM {
 		v.ContentType, v.Format = ContentBlock, FormatQcow2
@@ -121,6 +121,13 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 	return vol, err
 }
 
+func checkKind(kind string) error {
+	if kind != TypeContainer && kind != TypeVM {
+		return errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+	}
+	return nil
+}
+
 // prepareSource runs src's Prepare, if any, and checks what the source then names.
 func prepareSource(ctx context.Context, kind string, src *ImageSource) (func(), error) {
 	done := func() {}
@@ -157,7 +164,7 @@ func checkSource(kind string, src *ImageSource) error {
 			return errdefs.Invalid("image disk format %q is not qcow2 or raw", src.BaseFormat)
 		}
 	default:
-		return errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+		return checkKind(kind)
 	}
 	return nil
 }
@@ -320,8 +327,8 @@ func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind st
 	if err != nil {
 		return nil, err
 	}
-	if kind != TypeContainer && kind != TypeVM {
-		return nil, errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+	if err := checkKind(kind); err != nil {
+		return nil, err
 	}
 	_, err = m.update(ctx, p, kind, instance, func(v *Volume) error {
 		if err := busy(p, v); err != nil {
@@ -373,4 +380,34 @@ func (m *Manager) DeleteInstanceRoot(ctx context.Context, pool, instance, kind s
 		return nil
 	}
 	return err
+}
+
+// RootInfo is where an instance's root volume is on this host.
+type RootInfo struct {
+	Path   string // the tree (dir, subvol) or the image file (ext4, qcow2)
+	Format string
+	Shared bool // the pool is a shared filesystem: other hosts reach the same disk
+	Size   uint64
+}
+
+// InstanceRoot says where the root volume of an instance is on this host (the path of a shared
+// pool's volume differs between hosts that mount it in different places). It reads the record
+// only, so it is cheap enough for every start.
+func (m *Manager) InstanceRoot(ctx context.Context, pool, instance, kind string) (*RootInfo, error) {
+	p, _, err := m.usablePool(pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	v, err := m.loadRecord(p, kind, instance)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != StateReady {
+		return nil, errdefs.Conflict("volume %s in pool %q is %s", v.Ref(), p.Name, v.State)
+	}
+	return &RootInfo{Path: filepath.Join(dataPath(p.Path, v.Type, v.Name), fileName(v.Format)), Format: v.Format,
+		Shared: p.Driver == DriverShared, Size: v.Size}, nil
 }

@@ -87,11 +87,18 @@ func (d *Driver) StateSnapshots(ctx context.Context, h *driver.Handle) ([]string
 	return out, nil
 }
 
-// RestoreState implements driver.StateSnapshotter.
+// RestoreState implements driver.StateSnapshotter; snap "" drops a pending restore (a stateful
+// stop's too), so that the next Start boots.
 func (d *Driver) RestoreState(ctx context.Context, h *driver.Handle, snap string) error {
 	st, err := d.mustLoad(h)
 	if err != nil {
 		return err
+	}
+	if snap == "" {
+		if !st.Checkpoint {
+			return nil
+		}
+		return d.DiscardCheckpoint(ctx, h)
 	}
 	dir, err := d.snapshotDir(h.ID, snap)
 	if err != nil {
