@@ -17,10 +17,10 @@ import (
 // and leases, with errors to inject per call.
 type fakeVolumes struct {
 	mu     sync.Mutex
-	shared map[string]bool           // pool name -> shared
+	shared map[string]bool            // pool name -> shared
 	vols   map[string]*storage.Volume // "pool/TYPE/NAME"
-	leases map[string]string         // "pool/TYPE/NAME" -> holder ("elsewhere": another host)
-	fail   map[string]error          // method -> error, returned once
+	leases map[string]string          // "pool/TYPE/NAME" -> holder ("elsewhere": another host)
+	fail   map[string]error           // method -> error, returned once
 	calls  []string
 }
 
@@ -110,7 +110,9 @@ func (f *fakeVolumes) MountVolume(context.Context, string, string) (string, func
 	return "", nil, errors.New("fake: no mounts")
 }
 
-func (f *fakeVolumes) VolumePath(pool, ref string) (string, error) { return "/pools/" + pool + "/" + ref, nil }
+func (f *fakeVolumes) VolumePath(pool, ref string) (string, error) {
+	return "/pools/" + pool + "/" + ref, nil
+}
 
 func (f *fakeVolumes) CreateInstanceRoot(ctx context.Context, pool, instance, kind string, src storage.ImageSource, size uint64) (*storage.Volume, error) {
 	f.mu.Lock()
@@ -333,4 +335,6 @@ var (
 	_ Volumes                 = (*fakeVolumes)(nil)
 )
 
-func storageSource() storage.ImageSource { return storage.ImageSource{Fingerprint: "img", RootfsDir: "/images/img"} }
+func storageSource() storage.ImageSource {
+	return storage.ImageSource{Fingerprint: "img", RootfsDir: "/images/img"}
+}

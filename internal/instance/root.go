@@ -91,7 +91,7 @@ func (m *Manager) checkNewRoot(ctx context.Context, name, kind string, devices m
 		return fmt.Errorf("existing root: %w", err)
 	case !existing && err == nil:
 		return errdefs.Exists("storage pool %q already holds a root volume %s/%s (another host's instance on a shared pool? "+
-			"create with existing_root to share it)", pool, kind, name)
+			"take it with --existing-root)", pool, kind, name)
 	case !existing && !errors.Is(err, errdefs.ErrNotFound):
 		return err
 	}

@@ -175,7 +175,7 @@ func TestRootCreateFailures(t *testing.T) {
 	h.vols.CreateInstanceRoot(ctx, "sh", "c4", "container", storageSource(), 0)
 	sh := api.Devices{"root": {"type": "disk", "path": "/", "pool": "sh"}}
 	_, err = post("c4", sh, false)
-	wantErr(t, err, errdefs.ErrAlreadyExists, "existing_root")
+	wantErr(t, err, errdefs.ErrAlreadyExists, "existing-root")
 	h.vols.vols["sh/container/c4"].UsedBy[0].Host = "far"
 	h.mustRun(post("c4", sh, true))
 	h.mustRun(h.m.Delete(ctx, "c4", true))
