@@ -207,8 +207,11 @@ func (d *Driver) cleanupRuntime(ctx context.Context, id string) error {
 	}
 	// A runc restore or checkpoint killed midway (a cancelled context) leaves CRIU's mounts.
 	unmountUnder(p.criuWork, filepath.Join(d.runc.Root, id))
-	if err := releaseRoot(p); err != nil {
-		return err
+	// A migration's last copy of the rootfs runs after the dump stopped the container.
+	if st, _ := d.load(id); st == nil || st.Migration == "" || st.Migration == migMoved {
+		if err := releaseRoot(p); err != nil {
+			return err
+		}
 	}
 	for _, f := range []string{p.initPid, p.consoleSock, p.attachSock, p.seccompSock, p.shimConfig, p.shimPid, p.netnsHook, p.criuConf} {
 		os.Remove(f)

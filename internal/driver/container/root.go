@@ -100,7 +100,8 @@ func (d *Driver) mountedRoot(ctx context.Context, h *driver.Handle) (string, fun
 	p, r := d.paths(h.ID), h.Spec.Root
 	none := func() error { return nil }
 	if r == nil || r.Format != driver.RootExt4 || fsutil.MountedAt(p.rootfs) {
-		return d.RootfsPath(h), none, nil
+		dir, err := filepath.EvalSymlinks(p.rootfs)
+		return dir, none, err
 	}
 	if err := placeRoot(p, r); err != nil {
 		return "", nil, err
