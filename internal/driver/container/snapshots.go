@@ -21,11 +21,16 @@ var _ driver.StateSnapshotter = (*Driver)(nil)
 
 var snapNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,79}$`)
 
-func (d *Driver) snapshotDir(id, snap string) (string, error) {
-	if !snapNameRE.MatchString(snap) {
-		return "", errdefs.Invalid("container: bad snapshot name %q", snap)
+// loadSnapshot loads the container and names the directory of its snapshot snap.
+func (d *Driver) loadSnapshot(h *driver.Handle, snap string) (*instState, string, error) {
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return nil, "", err
 	}
-	return filepath.Join(d.paths(id).bundle, "snapshots", snap), nil
+	if !snapNameRE.MatchString(snap) {
+		return nil, "", errdefs.Invalid("container: bad snapshot name %q", snap)
+	}
+	return st, filepath.Join(d.paths(h.ID).bundle, "snapshots", snap), nil
 }
 
 // SnapshotState implements driver.StateSnapshotter. A paused container stays paused (CRIU puts
@@ -33,11 +38,7 @@ func (d *Driver) snapshotDir(id, snap string) (string, error) {
 // Established TCP connections are saved (CRIU refuses to dump them otherwise); restored later,
 // their peers have moved on and reset them.
 func (d *Driver) SnapshotState(ctx context.Context, h *driver.Handle, snap string) error {
-	st, err := d.mustLoad(h)
-	if err != nil {
-		return err
-	}
-	dir, err := d.snapshotDir(h.ID, snap)
+	st, dir, err := d.loadSnapshot(h, snap)
 	if err != nil {
 		return err
 	}
@@ -90,17 +91,13 @@ func (d *Driver) StateSnapshots(ctx context.Context, h *driver.Handle) ([]string
 // RestoreState implements driver.StateSnapshotter; snap "" drops a pending restore (a stateful
 // stop's too), so that the next Start boots.
 func (d *Driver) RestoreState(ctx context.Context, h *driver.Handle, snap string) error {
-	st, err := d.mustLoad(h)
-	if err != nil {
-		return err
-	}
 	if snap == "" {
-		if !st.Checkpoint {
-			return nil
+		if st, err := d.mustLoad(h); err != nil || !st.Checkpoint {
+			return err
 		}
 		return d.DiscardCheckpoint(ctx, h)
 	}
-	dir, err := d.snapshotDir(h.ID, snap)
+	st, dir, err := d.loadSnapshot(h, snap)
 	if err != nil {
 		return err
 	}
@@ -117,11 +114,7 @@ func (d *Driver) RestoreState(ctx context.Context, h *driver.Handle, snap string
 
 // DeleteStateSnapshot implements driver.StateSnapshotter; a restore pending from it is dropped.
 func (d *Driver) DeleteStateSnapshot(ctx context.Context, h *driver.Handle, snap string) error {
-	st, err := d.mustLoad(h)
-	if err != nil {
-		return err
-	}
-	dir, err := d.snapshotDir(h.ID, snap)
+	st, dir, err := d.loadSnapshot(h, snap)
 	if err != nil {
 		return err
 	}
