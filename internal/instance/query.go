@@ -103,7 +103,7 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 		inst.Status, inst.StatusError = apiStatus(st), ""
 	}
 	if st == driver.StatusStopped {
-		m.letIdleRootGo(rec.Name) // it shut itself down: its disk is free for other hosts
+		m.letIdleRootGo(qctx, rec, drv) // it shut itself down: its disk is free for other hosts
 	}
 	return inst
 }

@@ -222,16 +222,21 @@ func (m *Manager) letRootGo(name string) {
 }
 
 // letIdleRootGo gives back the lease of an instance found stopped (it shut itself down), unless an
-// operation holds the instance: the disk is then free for another host.
-func (m *Manager) letIdleRootGo(name string) {
+// operation holds the instance: what the driver still has of the disk (a container's mount) is
+// cleaned up first, then the disk is free for another host.
+func (m *Manager) letIdleRootGo(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver) {
 	m.mu.Lock()
-	_, held := m.rootLeases[name]
+	_, held := m.rootLeases[rec.Name]
 	m.mu.Unlock()
-	if !held || m.lock(name, "release-root") != nil {
+	if !held || m.lock(rec.Name, "release-root") != nil {
 		return
 	}
-	defer m.unlock(name)
-	m.letRootGo(name)
+	defer m.unlock(rec.Name)
+	if err := drv.Stop(ctx, rec.Handle, driver.StopOpts{Force: true}); err != nil && !errors.Is(err, driver.ErrNotRunning) {
+		slog.Warn("clean up after an instance that stopped by itself", "instance", rec.Name, "err", err)
+		return
+	}
+	m.letRootGo(rec.Name)
 }
 
 // resizeRoot grows a stopped instance's root disk to a changed limits.disk (or root size). The

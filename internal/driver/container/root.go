@@ -62,6 +62,11 @@ func (d *Driver) readyRoot(ctx context.Context, h *driver.Handle, st *instState,
 	if err := checkRoot(r); err != nil {
 		return err
 	}
+	if r.Format != driver.RootExt4 && !st.IDs.Identity() {
+		if why := checkTraversable(filepath.Dir(r.Path)); why != "" {
+			return errdefs.Unavailable("container %s: root disk: %s", h.ID, why)
+		}
+	}
 	if err := placeRoot(p, r); err != nil {
 		return err
 	}
