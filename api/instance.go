@@ -49,6 +49,31 @@ type Instance struct {
 	NICs []NIC `json:"nics,omitempty" yaml:"nics,omitempty"`
 	// Guest is what a running VM's guest agent reports (GET of one instance only).
 	Guest *GuestInfo `json:"guest,omitempty" yaml:"guest,omitempty"`
+	// Root is the instance's root disk on a storage pool (absent: the driver keeps it itself).
+	Root *InstanceRoot `json:"root,omitempty" yaml:"root,omitempty"`
+}
+
+// InstanceRoot is where an instance's root disk is: a storage volume (TYPE/NAME) in a pool.
+type InstanceRoot struct {
+	Pool   string `json:"pool" yaml:"pool"`
+	Volume string `json:"volume" yaml:"volume"`
+	// Shared: the pool is a shared filesystem that other hosts mount too.
+	Shared bool `json:"shared,omitempty" yaml:"shared,omitempty"`
+}
+
+// InstanceSnapshot is one snapshot of an instance (GET /1.0/instances/NAME/snapshots).
+type InstanceSnapshot struct {
+	Name      string    `json:"name" yaml:"name"`
+	CreatedAt time.Time `json:"created_at" yaml:"created_at"`
+	// Stateful: the running state (memory) was saved too; a restore resumes it.
+	Stateful bool   `json:"stateful" yaml:"stateful"`
+	Size     uint64 `json:"size,omitempty" yaml:"size,omitempty"` // the root disk's size then
+}
+
+// InstanceSnapshotsPost is the body of POST /1.0/instances/NAME/snapshots.
+type InstanceSnapshotsPost struct {
+	Name     string `json:"name"`
+	Stateful bool   `json:"stateful,omitempty"` // containers: save the memory too (CRIU)
 }
 
 // GuestInfo is what the OS inside an instance says about itself.
@@ -76,6 +101,10 @@ type InstancesPost struct {
 	Devices Devices           `json:"devices,omitempty"`
 	// Start makes the create operation also start the instance (launch).
 	Start bool `json:"start,omitempty"`
+	// ExistingRoot takes the root volume TYPE/NAME that another host made on the shared pool the
+	// root disk device names, instead of making one: both hosts' instances then share the disk,
+	// and only one at a time can run.
+	ExistingRoot bool `json:"existing_root,omitempty"`
 }
 
 // InstancePut is the body of PUT /1.0/instances/NAME: it replaces config and devices whole.

@@ -99,3 +99,42 @@ func (c *Client) UpdateInstanceState(ctx context.Context, name string, req api.I
 	}
 	return &out, nil
 }
+
+// GetInstanceSnapshots lists an instance's snapshots, oldest first.
+func (c *Client) GetInstanceSnapshots(ctx context.Context, name string) ([]api.InstanceSnapshot, error) {
+	if name == "" {
+		return nil, errNoName
+	}
+	var out []api.InstanceSnapshot
+	if err := c.do(ctx, http.MethodGet, instancePath(name)+"/snapshots", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CreateInstanceSnapshot snapshots an instance (with its memory, when req.Stateful).
+func (c *Client) CreateInstanceSnapshot(ctx context.Context, name string, req api.InstanceSnapshotsPost) (*api.Operation, error) {
+	return c.instanceOp(ctx, http.MethodPost, name, "/snapshots", req)
+}
+
+// RestoreInstanceSnapshot brings an instance back to a snapshot (a running one is restarted).
+func (c *Client) RestoreInstanceSnapshot(ctx context.Context, name, snap string) (*api.Operation, error) {
+	return c.instanceOp(ctx, http.MethodPost, name, "/snapshots/"+url.PathEscape(snap)+"/restore", nil)
+}
+
+// DeleteInstanceSnapshot removes an instance's snapshot.
+func (c *Client) DeleteInstanceSnapshot(ctx context.Context, name, snap string) (*api.Operation, error) {
+	return c.instanceOp(ctx, http.MethodDelete, name, "/snapshots/"+url.PathEscape(snap), nil)
+}
+
+// instanceOp sends a request on an instance's sub-resource that answers with an operation.
+func (c *Client) instanceOp(ctx context.Context, method, name, sub string, body any) (*api.Operation, error) {
+	if name == "" {
+		return nil, errNoName
+	}
+	var out api.Operation
+	if err := c.do(ctx, method, instancePath(name)+sub, nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -23,9 +23,11 @@ func init() {
 // Start tells them apart.
 func newCreateCmd(a *app, launch bool) *cobra.Command {
 	var (
-		vm      bool
-		config  []string
-		devices []string
+		vm           bool
+		config       []string
+		devices      []string
+		pool         string
+		existingRoot bool
 	)
 	use, short, verb, done := "create", "Create an instance without starting it", "Creating", "Created"
 	if launch {
@@ -35,7 +37,8 @@ func newCreateCmd(a *app, launch bool) *cobra.Command {
 		Use:   use + " IMAGE NAME",
 		Short: short,
 		Example: "  tandem " + use + " busybox c1\n" +
-			"  tandem " + use + " busybox v1 --vm -c limits.memory=256MiB --device eth0,type=nic,network=default",
+			"  tandem " + use + " busybox v1 --vm -c limits.memory=256MiB --device eth0,type=nic,network=default\n" +
+			"  tandem " + use + " busybox c2 --storage fast -c limits.disk=2GiB",
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := parseKeyValues(config)
@@ -46,9 +49,18 @@ func newCreateCmd(a *app, launch bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if pool != "" {
+				if devs == nil {
+					devs = api.Devices{}
+				}
+				if devs["root"] != nil {
+					return fmt.Errorf("--storage and a device named root: give the pool in one of them")
+				}
+				devs["root"] = map[string]string{"type": "disk", "path": "/", "pool": pool}
+			}
 			req := api.InstancesPost{
 				Name: args[1], Image: args[0], Type: api.TypeContainer,
-				Config: cfg, Devices: devs, Start: launch,
+				Config: cfg, Devices: devs, Start: launch, ExistingRoot: existingRoot,
 			}
 			if vm {
 				req.Type = api.TypeVM
@@ -73,6 +85,9 @@ func newCreateCmd(a *app, launch bool) *cobra.Command {
 	// StringArray, not StringSlice: a value may itself hold commas.
 	f.StringArrayVarP(&config, "config", "c", nil, "config key=value (repeatable)")
 	f.StringArrayVarP(&devices, "device", "d", nil, "device NAME,type=TYPE,key=value... (repeatable)")
+	f.StringVarP(&pool, "storage", "s", "", "storage pool of the root disk (default: the default pool)")
+	f.BoolVar(&existingRoot, "existing-root", false,
+		"use the root volume another host made for an instance of this name on a shared pool (one runs at a time)")
 	return cmd
 }
 

@@ -86,6 +86,13 @@ func printInstance(w io.Writer, in *api.Instance) {
 	if in.Operation != "" {
 		fmt.Fprintf(w, "Operation: %s\n", in.Operation)
 	}
+	if r := in.Root; r != nil {
+		shared := ""
+		if r.Shared {
+			shared = " (shared pool)"
+		}
+		fmt.Fprintf(w, "Root disk: volume %s in pool %s%s\n", r.Volume, r.Pool, shared)
+	}
 	if len(in.Config) > 0 {
 		fmt.Fprintln(w, "Config:")
 		kvLines(w, "  ", in.Config)

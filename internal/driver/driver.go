@@ -52,6 +52,64 @@ type Spec struct {
 	Image   string
 	Config  map[string]string
 	Devices map[string]map[string]string
+	// Root is the instance's root disk on a storage pool; nil means the driver keeps a root of its
+	// own (drivers used without the control plane, older instances).
+	Root *RootDisk `json:",omitempty"`
+}
+
+// Root disk formats (RootDisk.Format).
+const (
+	RootDir   = "dir"   // a directory tree
+	RootBtrfs = "btrfs" // a btrfs subvolume holding the tree
+	RootExt4  = "ext4"  // an ext4 image file that a container driver loop-mounts while it runs
+	RootQcow2 = "qcow2" // a VM disk
+	RootRaw   = "raw"   // a VM disk
+)
+
+// RootDisk is an instance's root disk on a storage pool. The control plane makes it before Create
+// and removes it after Delete; drivers use it in place and never delete it. Path is this host's
+// path to it (another host may mount a shared pool elsewhere); the control plane refreshes it
+// before every Start.
+type RootDisk struct {
+	Path   string `json:"path"` // dir, btrfs: the tree; ext4, qcow2, raw: the image file
+	Format string `json:"format"`
+	Pool   string `json:"pool"`
+	Volume string `json:"volume"` // the storage volume, TYPE/NAME
+	// Shared: the pool is a filesystem other hosts mount too (a migration moves no disk data).
+	Shared bool `json:"shared,omitempty"`
+}
+
+// RootSource is what an instance's root disk on a storage pool is made from.
+type RootSource struct {
+	Fingerprint string // the image; a pool keeps one copy per image and kind
+	Dir         string // containers: the image's rootfs tree (read only)
+	// Disk gives a VM's bootable base disk (its path and format, qcow2 or raw). It is called only
+	// when the pool has no copy of the image yet; done is called once the copy is made.
+	Disk func(ctx context.Context) (path, format string, done func(), err error)
+}
+
+// RootSourcer is a driver whose instances can have their root disk on a storage pool.
+type RootSourcer interface {
+	RootSource(ctx context.Context, image string) (RootSource, error)
+}
+
+// RootSyncer writes what a running instance has cached for its root disk to the disk, so that a
+// snapshot taken now (the instance paused) holds it.
+type RootSyncer interface {
+	SyncRoot(ctx context.Context, h *Handle) error
+}
+
+// StateSnapshotter keeps the memory of a running instance with a snapshot of its disk.
+type StateSnapshotter interface {
+	// SnapshotState saves the memory of a running or paused instance as snap; it keeps running
+	// (paused stays paused).
+	SnapshotState(ctx context.Context, h *Handle, snap string) error
+	// StateSnapshots lists the snapshots that have memory saved.
+	StateSnapshots(ctx context.Context, h *Handle) ([]string, error)
+	// RestoreState makes the next Start resume from snap's memory instead of booting; snap ""
+	// makes it boot (whatever memory a stateful stop saved no longer fits the disk).
+	RestoreState(ctx context.Context, h *Handle, snap string) error
+	DeleteStateSnapshot(ctx context.Context, h *Handle, snap string) error
 }
 
 // Handle is the persisted link between an instance and its driver. The daemon stores it after every
@@ -149,6 +207,8 @@ type PublishSource struct {
 	// IDBase and IDSize: host ids [IDBase, IDBase+IDSize) are ids [0, IDSize) in the image.
 	IDBase, IDSize uint32
 	ShutdownSignal string
+	// Done, if set, is called once Rootfs has been read (it unmounts a root mounted for it).
+	Done func() error
 }
 
 // Publisher turns a stopped instance into the source of a new image.

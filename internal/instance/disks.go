@@ -13,14 +13,25 @@ import (
 	"tandem/internal/store"
 )
 
-// Volumes is what the control plane needs of the storage manager to give volumes to instances.
+// Volumes is what the control plane needs of the storage manager: volumes given to instances, and
+// instances' root disks.
 type Volumes interface {
+	GetPool(ctx context.Context, name string) (*storage.Pool, error)
 	GetVolume(ctx context.Context, pool, vol string) (*storage.Volume, error)
 	Attach(ctx context.Context, pool, vol, instance string, readonly bool) error
 	Detach(ctx context.Context, pool, vol, instance string) error
 	Acquire(ctx context.Context, pool, vol, holder string) (release func() error, err error)
 	MountVolume(ctx context.Context, pool, vol string) (string, func() error, error)
 	VolumePath(pool, vol string) (string, error)
+
+	CreateInstanceRoot(ctx context.Context, pool, instance, kind string, src storage.ImageSource, size uint64) (*storage.Volume, error)
+	AdoptInstanceRoot(ctx context.Context, pool, instance, kind string) (*storage.Volume, error)
+	DeleteInstanceRoot(ctx context.Context, pool, instance, kind string) error
+	InstanceRoot(ctx context.Context, pool, instance, kind string) (*storage.RootInfo, error)
+	ResizeVolume(ctx context.Context, pool, vol string, size uint64) error
+	SnapshotVolume(ctx context.Context, pool, vol, snap string) error
+	RestoreVolume(ctx context.Context, pool, vol, snap string) error
+	DeleteSnapshot(ctx context.Context, pool, vol, snap string) error
 }
 
 // SetVolumes turns on disk devices backed by storage volumes.

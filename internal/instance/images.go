@@ -52,11 +52,20 @@ func (m *Manager) Publish(ctx context.Context, name string, aliases []string) (*
 		return nil
 	}
 	return m.runLocked(name, "Publishing instance "+name, check, func(ctx context.Context, op *operations.Op) error {
+		if err := m.holdRoot(ctx, rec); err != nil { // its root may be mounted to be read
+			return err
+		}
+		defer m.letRootGo(name)
 		src, err := pub.PublishSource(ctx, rec.Handle)
 		if err != nil {
 			return err
 		}
 		fp, err := m.images.Publish(ctx, rec.Handle.Spec.Image, src, "published from instance "+name, aliases)
+		if src.Done != nil {
+			if derr := src.Done(); derr != nil && err == nil {
+				err = derr
+			}
+		}
 		if err != nil {
 			return err
 		}

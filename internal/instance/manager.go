@@ -46,12 +46,14 @@ type Manager struct {
 	// diskCleanups gives back the volumes plugged into running instances ("instance/disk").
 	diskCleanups map[string]diskCleanup
 	migRecovery  MigrationRecovery
+	// rootLeases gives back the leases on the root disks of running instances.
+	rootLeases map[string]func() error
 }
 
 // NewManager wires a control plane.
 func NewManager(st *store.Store, drivers *driver.Registry, ops *operations.Manager, hub *events.Hub, hostMemory func() uint64) *Manager {
 	return &Manager{store: st, drivers: drivers, ops: ops, hub: hub, hostMemory: hostMemory, busy: map[string]string{},
-		diskCleanups: map[string]diskCleanup{}}
+		diskCleanups: map[string]diskCleanup{}, rootLeases: map[string]func() error{}}
 }
 
 // SetNetworks turns on NIC address management; instances with no NIC get one on defaultNetwork
@@ -128,6 +130,9 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 	if info := drv.Info(ctx); !info.Available {
 		return nil, errdefs.Unavailable("the %s driver is not available on this host: %s", drvName, info.Reason)
 	}
+	if req.Devices, err = m.withRoot(req.Devices, req.Type, drv, req.ExistingRoot); err != nil {
+		return nil, err
+	}
 
 	fingerprint := req.Image
 	if m.images != nil {
@@ -150,6 +155,9 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 		desc = "Launching instance " + req.Name
 	}
 	check := func() error {
+		if err := m.checkNewRoot(ctx, req.Name, req.Type, req.Devices, req.ExistingRoot); err != nil {
+			return err
+		}
 		if err := m.store.CreateInstance(rec); err != nil {
 			return err
 		}
@@ -162,7 +170,7 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 		return nil
 	}
 	return m.runLocked(req.Name, desc, check, func(ctx context.Context, op *operations.Op) error {
-		if err := m.createInDriver(ctx, rec, drv); err != nil {
+		if err := m.createInDriver(ctx, rec, drv, req.ExistingRoot); err != nil {
 			return err
 		}
 		m.hub.Lifecycle("instance-created", req.Name)
@@ -173,18 +181,29 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 	})
 }
 
-// createInDriver runs the driver's create; on failure it undoes what was made and forgets the record.
-func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver) error {
+// createInDriver makes the root disk and runs the driver's create; on failure it undoes what was
+// made and forgets the record.
+func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, existingRoot bool) error {
+	if err := m.attachNICs(ctx, rec.Name, nil, rec.Handle.Spec.Devices); err != nil {
+		m.rollbackCreate(rec, drv)
+		return err
+	}
+	if err := m.attachVolumes(ctx, rec.Name, rec.Type, nil, rec.Handle.Spec.Devices); err != nil {
+		m.rollbackCreate(rec, drv)
+		return err
+	}
+	if err := m.makeRoot(ctx, rec, drv, existingRoot); err != nil {
+		m.rollbackCreate(rec, drv)
+		return fmt.Errorf("create %s: %w", rec.Name, err)
+	}
+	// The driver prepares the root (owners, hostname): no other host may start from it meanwhile.
+	if err := m.holdRoot(ctx, rec); err != nil {
+		m.rollbackCreate(rec, drv)
+		return fmt.Errorf("create %s: %w", rec.Name, err)
+	}
 	spec := rec.Handle.Spec
-	if err := m.attachNICs(ctx, rec.Name, nil, spec.Devices); err != nil {
-		m.rollbackCreate(rec, drv)
-		return err
-	}
-	if err := m.attachVolumes(ctx, rec.Name, rec.Type, nil, spec.Devices); err != nil {
-		m.rollbackCreate(rec, drv)
-		return err
-	}
 	h, err := drv.Create(ctx, &spec)
+	m.letRootGo(rec.Name)
 	if err != nil {
 		m.rollbackCreate(rec, drv)
 		return fmt.Errorf("create %s: %w", rec.Name, err)
@@ -218,6 +237,10 @@ func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 	}
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	m.detachVolumes(rec.Name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
+	if err := m.deleteRoot(ctx, rec); err != nil {
+		slog.Error("rollback of failed create left the root disk", "instance", rec.Name, "err", err)
+		return // keep the record so a later delete can retry
+	}
 	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		slog.Error("rollback of failed create", "instance", rec.Name, "err", err)
@@ -229,6 +252,9 @@ func (m *Manager) validateSpec(config map[string]string, devices api.Devices) er
 		return err
 	}
 	if err := ValidateDevices(devices); err != nil {
+		return err
+	}
+	if _, err := rootSize(config, devices); err != nil {
 		return err
 	}
 	if l := ParseLimits(config); m.hostMemory != nil && l.Memory > 0 {

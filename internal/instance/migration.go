@@ -133,6 +133,9 @@ func (m *Manager) ForgetMoved(ctx context.Context, rec *store.InstanceRecord, re
 	m.unplugNICs(ctx, rec.Name, rec.Desired.Devices)
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	m.detachVolumes(rec.Name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
+	if err := m.deleteRoot(ctx, rec); err != nil {
+		return err
+	}
 	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return err
@@ -178,6 +181,13 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 	h.Driver = drvName
 	h.Spec.Name, h.Spec.Type, h.Spec.Image = post.Name, post.Type, post.ImageFP
 	h.Spec.Config, h.Spec.Devices = nonNil(post.Config), nonNilDevices(post.Devices)
+	// The source's root disk is on its pools: here the driver keeps the copy it receives.
+	h.Spec.Root = nil
+	for name, dev := range h.Spec.Devices {
+		if isRootDisk(dev) {
+			delete(h.Spec.Devices, name)
+		}
+	}
 	if m.images != nil {
 		fp, err := m.images.Resolve(post.ImageFP, post.Type)
 		if err != nil {

@@ -73,6 +73,9 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 	if rec.Handle != nil {
 		inst.Driver = rec.Handle.Driver
 		inst.ImageFingerprint = rec.Handle.Spec.Image
+		if r := rec.Handle.Spec.Root; r != nil {
+			inst.Root = &api.InstanceRoot{Pool: r.Pool, Volume: r.Volume, Shared: r.Shared}
+		}
 	}
 	inst.NICs = m.nicViews(ctx, rec.Name, rec.Desired.Devices)
 	switch {
@@ -98,6 +101,9 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 		inst.Status, inst.StatusError = api.StatusError, "the driver has no trace of this instance"
 	default:
 		inst.Status, inst.StatusError = apiStatus(st), ""
+	}
+	if st == driver.StatusStopped {
+		m.letIdleRootGo(qctx, rec, drv) // it shut itself down: its disk is free for other hosts
 	}
 	return inst
 }
@@ -161,6 +167,10 @@ func (m *Manager) applySpec(ctx context.Context, name string, change specChange)
 	}
 	config, devices := change(maps.Clone(rec.Desired.Config), cloneDevices(rec.Desired.Devices))
 	if err := m.validateSpec(config, devices); err != nil {
+		return nil, err
+	}
+	// A bigger disk first: it needs nothing undone if a later step fails (it only grows).
+	if err := m.resizeRoot(ctx, rec, drv, config, devices); err != nil {
 		return nil, err
 	}
 	// New NICs get their addresses and new disks their volumes before the driver plugs them;

@@ -77,6 +77,9 @@ func (m *Manager) recoverOne(ctx context.Context, rec *store.InstanceRecord, drv
 	}
 	if st == driver.StatusRunning || st == driver.StatusPaused {
 		m.readoptDisks(ctx, rec)
+		if err := m.holdRoot(ctx, rec); err != nil {
+			log.Error("take back the root disk's lease", "err", err)
+		}
 	}
 	log.Info("re-attached", "status", st, "desired", rec.Desired.Power)
 }

@@ -98,14 +98,20 @@ func (m *Manager) start(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// The root disk first: if another host runs from it, this one must not.
+	if err := m.holdRoot(ctx, rec); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
 	prev, err := m.setDesired(name, api.PowerRunning)
 	if err != nil {
+		m.letRootGo(name)
 		return err
 	}
 	err = drv.Start(ctx, rec.Handle)
 	m.saveHandle(context.WithoutCancel(ctx), name, drv, rec.Handle)
 	if err != nil {
 		m.setDesired(name, prev)
+		m.letRootGo(name)
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	// Volumes go in once it runs; an instance that cannot have its disks does not stay up without them.
@@ -113,6 +119,7 @@ func (m *Manager) start(ctx context.Context, name string) error {
 		drv.Stop(context.WithoutCancel(ctx), rec.Handle, driver.StopOpts{Force: true})
 		m.saveHandle(context.WithoutCancel(ctx), name, drv, rec.Handle)
 		m.setDesired(name, prev)
+		m.letRootGo(name)
 		return fmt.Errorf("start %s: %w", name, err)
 	}
 	m.hub.Lifecycle("instance-started", name)
@@ -136,6 +143,7 @@ func (m *Manager) stop(ctx context.Context, name string, opts driver.StopOpts) e
 	}
 	m.unplugNICs(context.WithoutCancel(ctx), name, rec.Desired.Devices)
 	m.unplugDisks(context.WithoutCancel(ctx), drv, diskView(rec, rec.Desired.Devices), allDisks(rec.Desired.Devices), false)
+	m.letRootGo(name)
 	m.hub.Lifecycle("instance-stopped", name)
 	return nil
 }
@@ -215,6 +223,9 @@ func (m *Manager) delete(ctx context.Context, name string) error {
 	m.detachNICs(name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	m.unplugDisks(ctx, drv, diskView(rec, rec.Desired.Devices), allDisks(rec.Desired.Devices), false)
 	m.detachVolumes(name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
+	if err := m.deleteRoot(ctx, rec); err != nil {
+		return err
+	}
 	m.unrefImage(rec.Handle.Spec.Image, name)
 	if err := m.store.DeleteInstance(name); err != nil {
 		return err

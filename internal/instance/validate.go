@@ -280,10 +280,17 @@ func ValidateDevices(devices api.Devices) error {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	roots := 0
 	for _, name := range names {
 		if err := ValidateDevice(name, devices[name]); err != nil {
 			return err
 		}
+		if isRootDisk(devices[name]) {
+			roots++
+		}
+	}
+	if roots > 1 {
+		return errdefs.Invalid("an instance has one root disk (path /); %d given", roots)
 	}
 	return nil
 }
@@ -316,8 +323,16 @@ func ValidateDevice(name string, dev map[string]string) error {
 			return errdefs.Invalid("device %q key %q: %v", name, k, err)
 		}
 	}
+	if typ == "disk" && dev["path"] == "/" {
+		for _, k := range []string{"source", "readonly", "boot.priority"} {
+			if dev[k] != "" {
+				return errdefs.Invalid("device %q: the root disk (path /) takes pool and size, not %s", name, k)
+			}
+		}
+		return nil
+	}
 	if typ == "disk" && dev["source"] == "" {
-		return errdefs.Invalid("device %q: a disk needs a source (the volume's name)", name)
+		return errdefs.Invalid("device %q: a disk needs a source (the volume's name), or path / for the root disk", name)
 	}
 	if p := dev["path"]; typ == "disk" && p != "" && !strings.HasPrefix(p, "/") {
 		return errdefs.Invalid("device %q: path %q must be absolute", name, p)

@@ -62,6 +62,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /1.0/host", s.getHost)
 	s.registerNetworks(mux)
 	s.registerStorage(mux)
+	s.registerSnapshots(mux)
 	s.registerImages(mux)
 	s.registerExec(mux)
 	s.registerTrust(mux)

@@ -34,7 +34,8 @@ type storageAPI struct {
 	ctx context.Context
 }
 
-func newStorageAPI(t *testing.T) *storageAPI {
+// newStorageAPI makes the server; with, if given, adds to it (an instance manager).
+func newStorageAPI(t *testing.T, with ...func(s *Server, st *store.Store)) *storageAPI {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "state.db"))
@@ -48,6 +49,9 @@ func newStorageAPI(t *testing.T) *storageAPI {
 		t.Fatal(err)
 	}
 	s := &Server{Operations: ops, Events: hub, Storage: m, Dir: dir}
+	for _, f := range with {
+		f(s, st)
+	}
 	srv := httptest.NewServer(s.Handler())
 	// The client speaks over a unix socket, like the CLI (not under t.TempDir: its path can be too long).
 	sockDir, err := os.MkdirTemp("", "tsto")

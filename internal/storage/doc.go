@@ -49,6 +49,13 @@
 // Recover undoes or finishes what this host left, so a SIGKILL during a copy leaves no orphan.
 // Metadata is written with fsutil.WriteFileAtomic.
 //
+// # Instance roots
+//
+// CreateInstanceRoot makes TYPE/INSTANCE from an image (instance.go); InstanceRoot says where it is
+// on this host (a shared pool's mount point may differ between hosts). On a shared pool another
+// host's instance of the same name can adopt it (AdoptInstanceRoot): both are its users, the lease
+// lets one run at a time, and DeleteInstanceRoot removes the volume only with its last user.
+//
 // # Using volumes
 //
 // Attach/Detach keep used_by (one writer, or any number of read-only users). Acquire takes the

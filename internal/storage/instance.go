@@ -40,7 +40,7 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 		}
 		v.Size = roundSize(size)
 	}
-	if err := checkSource(kind, &src); err != nil {
+	if err := checkKind(kind); err != nil {
 		return nil, err
 	}
 	if kind == TypeVM {
@@ -64,6 +64,11 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 
 	switch {
 	case v.Format == FormatDir || v.Format == FormatExt4:
+		done, err := prepareSource(ctx, kind, &src)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
 		if err := rootfsFits(src.RootfsDir, v.Size, v.Format); err != nil {
 			return nil, err
 		}
@@ -116,6 +121,32 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 	return vol, err
 }
 
+func checkKind(kind string) error {
+	if kind != TypeContainer && kind != TypeVM {
+		return errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+	}
+	return nil
+}
+
+// prepareSource runs src's Prepare, if any, and checks what the source then names.
+func prepareSource(ctx context.Context, kind string, src *ImageSource) (func(), error) {
+	done := func() {}
+	if src.Prepare != nil {
+		d, err := src.Prepare(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		if d != nil {
+			done = d
+		}
+	}
+	if err := checkSource(kind, src); err != nil {
+		done()
+		return nil, err
+	}
+	return done, nil
+}
+
 func checkSource(kind string, src *ImageSource) error {
 	switch kind {
 	case TypeContainer:
@@ -133,7 +164,7 @@ func checkSource(kind string, src *ImageSource) error {
 			return errdefs.Invalid("image disk format %q is not qcow2 or raw", src.BaseFormat)
 		}
 	default:
-		return errdefs.Invalid("instance kind %s is not container or vm", quoted(kind))
+		return checkKind(kind)
 	}
 	return nil
 }
@@ -183,6 +214,11 @@ func (m *Manager) withImage(ctx context.Context, p *Pool, drv poolDriver, name, 
 
 // makeImage makes the pool's copy of an image (the caller holds its lock).
 func (m *Manager) makeImage(ctx context.Context, p *Pool, drv poolDriver, name, kind string, src ImageSource) (*Volume, error) {
+	done, err := prepareSource(ctx, kind, &src)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	op := m.newOp("create")
 	defer m.endOp(op)
 	img := &Volume{Name: name, Type: TypeImage, State: StateCreating, Pending: op, CreatedAt: time.Now().UTC()}
@@ -203,7 +239,7 @@ func (m *Manager) makeImage(ctx context.Context, p *Pool, drv poolDriver, name, 
 		return nil, err
 	}
 	what := "copying image " + src.Fingerprint + " into pool " + p.Name
-	err := drv.makeDir(ctx, dataPath(p.Path, TypeImage, name))
+	err = drv.makeDir(ctx, dataPath(p.Path, TypeImage, name))
 	if err == nil && img.Format == FormatSubvol {
 		err = copyTree(ctx, src.RootfsDir, dataPath(p.Path, TypeImage, name), m.reporterFor(ctx, what, src.RootfsDir))
 	} else if err == nil {
@@ -283,17 +319,60 @@ func (m *Manager) createRecordWithBase(ctx context.Context, p *Pool, v *Volume) 
 	return m.createRecord(ctx, p, v)
 }
 
-// DeleteInstanceRoot detaches an instance from its root volume and deletes it. A missing root is
+// AdoptInstanceRoot makes an existing root volume (one another host made on a shared pool) the
+// root of this host's instance of the same name and kind: the instance is added to its users.
+// Running it is still guarded by the lease (Acquire).
+func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind string) (*Volume, error) {
+	p, _, err := m.usablePool(pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	_, err = m.update(ctx, p, kind, instance, func(v *Volume) error {
+		if err := busy(p, v); err != nil {
+			return err
+		}
+		for _, a := range v.UsedBy {
+			if a.Instance != instance {
+				return errdefs.Conflict("volume %s is attached to %s: it is no instance root to adopt", v.Ref(), usersOf(v))
+			}
+		}
+		if !slices.ContainsFunc(v.UsedBy, m.isMine(instance)) {
+			v.UsedBy = append(v.UsedBy, Attachment{Instance: instance, Host: m.host})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m.GetVolume(ctx, pool, kind+"/"+instance)
+}
+
+// isMine matches this host's attachments of instance.
+func (m *Manager) isMine(instance string) func(Attachment) bool {
+	return func(a Attachment) bool { return a.Instance == instance && (a.Host == m.host || a.Host == "") }
+}
+
+// DeleteInstanceRoot detaches this host's instance from its root volume and deletes the volume
+// unless another host's instance still has it (a root adopted on a shared pool). A missing root is
 // not an error, so a half-made instance can always be cleaned up.
 func (m *Manager) DeleteInstanceRoot(ctx context.Context, pool, instance, kind string) error {
 	p, _, err := m.usablePool(pool)
 	if err != nil {
 		return err
 	}
+	var others string
 	_, err = m.update(ctx, p, kind, instance, func(v *Volume) error {
-		v.UsedBy = slices.DeleteFunc(v.UsedBy, func(a Attachment) bool { return a.Instance == instance })
+		v.UsedBy = slices.DeleteFunc(v.UsedBy, m.isMine(instance))
+		others = usersOf(v)
 		return nil
 	})
+	if err == nil && others != "" {
+		m.log.Info("keep a root volume another instance uses", "pool", pool, "volume", kind+"/"+instance, "users", others)
+		return nil
+	}
 	if err == nil {
 		err = m.DeleteVolume(ctx, pool, kind+"/"+instance)
 	}
@@ -301,4 +380,34 @@ func (m *Manager) DeleteInstanceRoot(ctx context.Context, pool, instance, kind s
 		return nil
 	}
 	return err
+}
+
+// RootInfo is where an instance's root volume is on this host.
+type RootInfo struct {
+	Path   string // the tree (dir, subvol) or the image file (ext4, qcow2)
+	Format string
+	Shared bool // the pool is a shared filesystem: other hosts reach the same disk
+	Size   uint64
+}
+
+// InstanceRoot says where the root volume of an instance is on this host (the path of a shared
+// pool's volume differs between hosts that mount it in different places). It reads the record
+// only, so it is cheap enough for every start.
+func (m *Manager) InstanceRoot(ctx context.Context, pool, instance, kind string) (*RootInfo, error) {
+	p, _, err := m.usablePool(pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKind(kind); err != nil {
+		return nil, err
+	}
+	v, err := m.loadRecord(p, kind, instance)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != StateReady {
+		return nil, errdefs.Conflict("volume %s in pool %q is %s", v.Ref(), p.Name, v.State)
+	}
+	return &RootInfo{Path: filepath.Join(dataPath(p.Path, v.Type, v.Name), fileName(v.Format)), Format: v.Format,
+		Shared: p.Driver == DriverShared, Size: v.Size}, nil
 }

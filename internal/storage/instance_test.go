@@ -154,3 +154,38 @@ func must2(t *testing.T) func(string, func() error, error) (string, func() error
 		return s, f
 	}
 }
+
+// A root one host made on a shared pool can be adopted by the same-named instance of another host;
+// it is deleted only when the last host's instance lets go, and a failed create on the second host
+// never takes it with it.
+func TestSharedRootAdoptedAndKept(t *testing.T) {
+	needTool(t, "mkfs.ext4")
+	a, b, _ := twoHosts(t)
+	ctx := testCtx(t)
+	rootfs := fakeRootfs(t)
+	must[*Volume](t)(a.CreateInstanceRoot(ctx, "sh", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20))
+	_, err := b.CreateInstanceRoot(ctx, "shared1", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20)
+	wantKind(t, err, errdefs.ErrAlreadyExists)
+	must0(t, b.DeleteInstanceRoot(ctx, "shared1", "c1", TypeContainer)) // the roll-back of that create
+	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeVM)
+	wantKind(t, err, errdefs.ErrNotFound)
+	v := must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer))
+	if len(v.UsedBy) != 2 || v.UsedBy[1].Host != "host-b" {
+		t.Fatalf("adopted root %+v", v.UsedBy)
+	}
+	must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer)) // again: no change
+	must0(t, a.DeleteInstanceRoot(ctx, "sh", "c1", TypeContainer))
+	v = must[*Volume](t)(b.GetVolume(ctx, "shared1", "container/c1"))
+	if len(v.UsedBy) != 1 || v.UsedBy[0].Host != "host-b" {
+		t.Fatalf("after host a let go: %+v", v.UsedBy)
+	}
+	must0(t, b.DeleteInstanceRoot(ctx, "shared1", "c1", TypeContainer))
+	_, err = a.GetVolume(ctx, "sh", "container/c1")
+	wantKind(t, err, errdefs.ErrNotFound)
+
+	// A custom volume attached to an instance is no root to adopt.
+	must[*Volume](t)(a.CreateVolume(ctx, "sh", VolumeConfig{Name: "c2", Type: TypeContainer, Size: 16 << 20}))
+	must0(t, a.Attach(ctx, "sh", "container/c2", "other", false))
+	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c2", TypeContainer)
+	wantKind(t, err, errdefs.ErrConflict, "other")
+}

@@ -69,8 +69,9 @@ func (m *Manager) Acquire(ctx context.Context, pool, vol, holder string) (releas
 	if err != nil {
 		return nil, err
 	}
-	if v.State != StateReady {
-		return nil, errdefs.Conflict("volume %s in pool %q is %s", v.Ref(), p.Name, v.State)
+	// A volume being restored, resized or copied is not to be used until that is done.
+	if err := busy(p, v); err != nil {
+		return nil, err
 	}
 	key := p.Name + "/" + v.Ref()
 	m.leaseMu.Lock()

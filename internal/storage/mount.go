@@ -1,14 +1,13 @@
 package storage
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // mountRef counts the users of a volume handed out by MountVolume.
@@ -123,64 +122,18 @@ func loopMount(ctx context.Context, image, at string, readonly bool) error {
 	if !isRoot() {
 		return errdefs.Unavailable("mounting an ext4 volume needs root")
 	}
-	if err := os.MkdirAll(at, 0o711); err != nil {
-		return err
-	}
-	opts := "loop"
-	if readonly {
-		opts += ",ro"
-	}
-	if _, err := run(ctx, "mount", "-t", "ext4", "-o", opts, image, at); err != nil {
+	if err := fsutil.LoopMount(ctx, image, at, readonly); err != nil {
 		os.Remove(at)
 		return err
 	}
 	return nil
 }
 
-func loopUnmount(ctx context.Context, at string) error {
-	if mountedAt(at) {
-		if _, err := run(ctx, "umount", at); err != nil {
-			return errdefs.Conflict("cannot unmount %s (still in use?): %v", at, err)
-		}
+func loopUnmount(_ context.Context, at string) error {
+	if err := fsutil.Unmount(at); err != nil {
+		return errdefs.Conflict("cannot unmount %s (still in use?): %v", at, err)
 	}
 	return removeIfExists(at)
 }
 
-// mountedAt tells whether something is mounted exactly at path.
-func mountedAt(path string) bool {
-	if p, err := filepath.EvalSymlinks(path); err == nil {
-		path = p
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMount(fields[4]) == path {
-			return true
-		}
-	}
-	return false
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			n := (s[i+1]-'0')*64 + (s[i+2]-'0')*8 + (s[i+3] - '0')
-			b.WriteByte(n)
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+func mountedAt(path string) bool { return fsutil.MountedAt(path) }

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"log/slog"
 	"time"
 )
@@ -146,4 +147,7 @@ type ImageSource struct {
 	RootfsDir   string // containers: the image's unpacked rootfs (read only)
 	BaseDisk    string // VMs: a bootable disk image
 	BaseFormat  string // "qcow2" (default) or "raw"
+	// Prepare, if set, fills in RootfsDir or BaseDisk when they are first needed (a VM's base disk
+	// only when the pool has no copy of the image yet); done runs once they have been copied.
+	Prepare func(ctx context.Context, src *ImageSource) (done func(), err error)
 }

@@ -65,8 +65,16 @@ func (d *Driver) Adopt(ctx context.Context, h *driver.Handle, o AdoptOpts) (err 
 		return err
 	}
 	os.Chmod(p.bundle, 0o711)
-	if o.Rootfs != "" {
+	switch {
+	case o.Rootfs != "":
 		if err := os.Symlink(o.Rootfs, p.rootfs); err != nil {
+			return err
+		}
+	case h.Spec.Root != nil: // a root disk on a pool: Restore mounts it
+		if err := checkRoot(h.Spec.Root); err != nil {
+			return err
+		}
+		if err := placeRoot(p, h.Spec.Root); err != nil {
 			return err
 		}
 	}
@@ -102,7 +110,7 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 		return RestoreStats{}, errdefs.Conflict("container %s is itself being migrated (%s)", h.ID, st.Migration)
 	}
 	p := d.paths(h.ID)
-	if fi, err := os.Stat(p.rootfs); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(p.rootfs); h.Spec.Root == nil && (err != nil || !fi.IsDir()) {
 		return RestoreStats{}, errdefs.Invalid("restore %s: no rootfs at %s (%v)", h.ID, p.rootfs, err)
 	}
 	if o.Lazy {
@@ -118,6 +126,12 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 	}
 	if err := os.MkdirAll(p.run, 0o700); err != nil {
 		return RestoreStats{}, err
+	}
+	if h.Spec.Root != nil { // a root disk on a pool: mounted (unmounted again if the restore fails)
+		if err := d.readyRoot(ctx, h, st, false); err != nil {
+			d.cleanupRuntime(context.WithoutCancel(ctx), h.ID)
+			return RestoreStats{}, err
+		}
 	}
 	var lazy *lazyPages
 	defer func() {

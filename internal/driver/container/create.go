@@ -35,6 +35,11 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (_ *driver.Handl
 	if _, err := resources(spec.Config, false, ""); err != nil {
 		return nil, err
 	}
+	if spec.Root != nil {
+		if err := checkRoot(spec.Root); err != nil {
+			return nil, err
+		}
+	}
 	src, info, err := d.opts.Images.Rootfs(ctx, spec.Image)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", spec.Image, err)
@@ -64,13 +69,23 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (_ *driver.Handl
 		}
 		st.IDs = rootfs.IDMap{Base: r.Base, Size: r.Size}
 	}
-	progress.Report(ctx, 10, "copying root filesystem")
-	if err := rootfs.Copy(ctx, src, p.rootfs, st.IDs); err != nil {
-		return nil, fmt.Errorf("copy root filesystem: %w", err)
+	if spec.Root != nil {
+		progress.Report(ctx, 10, "preparing the root disk")
+		if err := d.readyRoot(ctx, &driver.Handle{ID: spec.ID, Spec: *spec}, st, true); err != nil {
+			return nil, fmt.Errorf("prepare root disk: %w", err)
+		}
+	} else {
+		progress.Report(ctx, 10, "copying root filesystem")
+		if err := rootfs.Copy(ctx, src, p.rootfs, st.IDs); err != nil {
+			return nil, fmt.Errorf("copy root filesystem: %w", err)
+		}
 	}
 	root := int(st.IDs.ToHost(0))
-	if err := writeHostname(p.rootfs, spec.Name, root, root); err != nil {
+	if err := writeHostname(d.RootfsPath(&driver.Handle{ID: spec.ID}), spec.Name, root, root); err != nil {
 		return nil, fmt.Errorf("write /etc/hostname: %w", err)
+	}
+	if err := releaseRoot(p); err != nil {
+		return nil, err
 	}
 	progress.Report(ctx, 90, "writing container config")
 	if err := d.writeConfig(spec, st, ""); err != nil {
@@ -145,8 +160,13 @@ func hostCapBnd() uint64 {
 	return 0
 }
 
+// removeFiles removes the run dir and the bundle; a root disk mounted in it is unmounted first
+// (or the removal is refused), never emptied.
 func (d *Driver) removeFiles(p paths) error {
 	if err := os.RemoveAll(p.run); err != nil {
+		return err
+	}
+	if err := releaseRoot(p); err != nil {
 		return err
 	}
 	return os.RemoveAll(p.bundle)

@@ -10,6 +10,9 @@
 //	<Dir>/<id>/console.log[.1]       console output, rotated at Options.ConsoleLogMax
 //	<Dir>/<id>/checkpoint/, criu/    CRIU images of a stateful stop (+ tandem-dump.json), and CRIU's logs
 //	<Dir>/<id>/rootfs -> DIR         an adopted container's shared rootfs (a symlink; never deleted here)
+//	<Dir>/<id>/rootfs -> TREE        a root disk on a storage pool (Spec.Root, root.go): a dir or btrfs
+//	                                 tree linked, an ext4 image loop-mounted on rootfs/ while it runs
+//	<Dir>/<id>/snapshots/SNAP/       CRIU images of a stateful snapshot (snapshots.go)
 //	<RunDir>/runc/                   runc --root
 //	<RunDir>/<16 hex of sha256(id)>/ init.pid, shim.{json,pid,log}, console.sock (runc -> shim),
 //	                                 attach.sock (clients -> shim), seccomp.sock (sysinfo agent),

@@ -71,10 +71,6 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 	if err := os.MkdirAll(p.run, 0o700); err != nil {
 		return err
 	}
-	progress.Report(ctx, 10, "writing container config")
-	if err := d.writeConfig(&h.Spec, st, d.lxcfsDir(ctx)); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -84,6 +80,16 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 			}
 		}
 	}()
+	if h.Spec.Root != nil {
+		progress.Report(ctx, 5, "mounting the root disk")
+		if err := d.readyRoot(ctx, h, st, false); err != nil {
+			return err
+		}
+	}
+	progress.Report(ctx, 10, "writing container config")
+	if err := d.writeConfig(&h.Spec, st, d.lxcfsDir(ctx)); err != nil {
+		return err
+	}
 	if st.Checkpoint {
 		return d.restore(ctx, h, st)
 	}
@@ -201,6 +207,12 @@ func (d *Driver) cleanupRuntime(ctx context.Context, id string) error {
 	}
 	// A runc restore or checkpoint killed midway (a cancelled context) leaves CRIU's mounts.
 	unmountUnder(p.criuWork, filepath.Join(d.runc.Root, id))
+	// A migration's last copy of the rootfs runs after the dump stopped the container.
+	if st, _ := d.load(id); st == nil || st.Migration == "" || st.Migration == migMoved {
+		if err := releaseRoot(p); err != nil {
+			return err
+		}
+	}
 	for _, f := range []string{p.initPid, p.consoleSock, p.attachSock, p.seccompSock, p.shimConfig, p.shimPid, p.netnsHook, p.criuConf} {
 		os.Remove(f)
 	}

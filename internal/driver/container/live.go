@@ -99,7 +99,15 @@ func (d *Driver) reshift(ctx context.Context, h *driver.Handle, st *instState, p
 		}
 		to = rootfs.IDMap{Base: r.Base, Size: r.Size}
 	}
-	if err := rootfs.Reshift(ctx, d.paths(h.ID).rootfs, st.IDs, to); err != nil {
+	dir, done, err := d.mountedRoot(ctx, h)
+	if err != nil {
+		return err
+	}
+	err = rootfs.Reshift(ctx, dir, st.IDs, to)
+	if derr := done(); err == nil {
+		err = derr
+	}
+	if err != nil {
 		return err
 	}
 	st.IDs = to

@@ -12,6 +12,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/container/runc"
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 	"tandem/internal/progress"
 )
 
@@ -320,13 +321,22 @@ func (d *Driver) Release(ctx context.Context, h *driver.Handle, o ReleaseOpts) e
 	return nil
 }
 
-// RootfsPath returns the container's rootfs directory (a shared rootfs resolved).
+// RootfsPath returns the container's rootfs directory (a shared rootfs resolved). A root disk
+// that is an ext4 image is mounted for it, until the container stops after its next run, or is
+// released or deleted.
 func (d *Driver) RootfsPath(h *driver.Handle) string {
-	p := d.paths(h.ID).rootfs
-	if real, err := filepath.EvalSymlinks(p); err == nil {
+	p := d.paths(h.ID)
+	if r := h.Spec.Root; r != nil && r.Format == driver.RootExt4 && !fsutil.MountedAt(p.rootfs) {
+		if err := placeRoot(p, r); err == nil {
+			if err := fsutil.LoopMount(context.Background(), r.Path, p.rootfs, false); err != nil {
+				slog.Error("mount the root disk", "container", h.ID, "err", err)
+			}
+		}
+	}
+	if real, err := filepath.EvalSymlinks(p.rootfs); err == nil {
 		return real
 	}
-	return p
+	return p.rootfs
 }
 
 // emptyDir makes sure dir exists and is empty.

@@ -26,6 +26,10 @@ func (d *Driver) PublishSource(ctx context.Context, h *driver.Handle) (driver.Pu
 	if err != nil {
 		return driver.PublishSource{}, err
 	}
-	return driver.PublishSource{Rootfs: d.paths(h.ID).rootfs, IDBase: st.IDs.Base, IDSize: st.IDs.Size,
-		ShutdownSignal: st.ShutdownSignal}, nil
+	dir, done, err := d.mountedRoot(ctx, h)
+	if err != nil {
+		return driver.PublishSource{}, err
+	}
+	return driver.PublishSource{Rootfs: dir, IDBase: st.IDs.Base, IDSize: st.IDs.Size,
+		ShutdownSignal: st.ShutdownSignal, Done: done}, nil
 }

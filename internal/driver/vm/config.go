@@ -46,6 +46,9 @@ type instanceConfig struct {
 	KernelCmdline string `json:"kernel_cmdline,omitempty"`
 	// Disk is the root disk's path when it is not the instance dir's root.qcow2 (a shared pool).
 	Disk string `json:"disk,omitempty"`
+	// PoolDisk: Disk is a root disk on a storage pool (Spec.Root), which the control plane owns.
+	PoolDisk   bool   `json:"pool_disk,omitempty"`
+	DiskFormat string `json:"disk_format,omitempty"` // "" is qcow2
 	// MachineType pins a versioned machine type (pc-q35-7.2); set on migration destinations.
 	MachineType string `json:"machine_type,omitempty"`
 	// Incoming is set while an incoming migration is unfinished, Outgoing once an outgoing one
@@ -74,7 +77,14 @@ func (c *instanceConfig) diskPath(p paths) string {
 // ownsDisk says whether deleting the instance deletes a disk outside its dir: not while another
 // host runs from, or is about to take over, the same shared file.
 func (c *instanceConfig) ownsDisk() bool {
-	return c.Disk != "" && c.Incoming != migShared && c.Outgoing != migShared
+	return c.Disk != "" && !c.PoolDisk && c.Incoming != migShared && c.Outgoing != migShared
+}
+
+func (c *instanceConfig) diskFormat() string {
+	if c.DiskFormat != "" {
+		return c.DiskFormat
+	}
+	return "qcow2"
 }
 
 // decideHardware reads the create-time keys.

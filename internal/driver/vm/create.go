@@ -63,24 +63,7 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 	}
 	reverts = append(reverts, func() { os.RemoveAll(p.dir) })
 
-	progress.Report(ctx, 10, "building root disk")
-	unlockBase, base, err := d.baseDisk(ctx, spec.Image, rootfs, info)
-	if err != nil {
-		return nil, err
-	}
-	if dir := spec.Config[KeyDiskDir]; dir != "" {
-		// Base disks are host-local and not byte-identical between hosts (mkfs.ext4 picks UUIDs and
-		// times), so a disk another host may open carries its whole content, not a backing file.
-		cfg.Disk = filepath.Join(dir, spec.ID+".qcow2")
-		os.Remove(cfg.Disk) // what an interrupted Create left
-		err = qemuImg(ctx, "convert", "-q", "-f", baseFormat(info), "-O", "qcow2", base, cfg.Disk)
-		reverts = append(reverts, func() { os.Remove(cfg.Disk) })
-	} else {
-		cfg.Base = base // the overlay records the base's format
-		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat(info), "-b", base, p.overlay)
-	}
-	unlockBase()
-	if err != nil {
+	if err := d.makeDisk(ctx, spec, &cfg, p, rootfs, info, &reverts); err != nil {
 		return nil, err
 	}
 	progress.Report(ctx, 80, "preparing firmware")
@@ -102,6 +85,60 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (*driver.Handle,
 	h := &driver.Handle{ID: spec.ID, Driver: "vm", Version: 1, Spec: *spec}
 	setState(h, handleState{})
 	return h, nil
+}
+
+// makeDisk gives the instance its root disk: the root disk on a pool the spec names, used in
+// place; else a qcow2 overlay over the image's base disk (in vm.disk_dir: a whole copy).
+func (d *Driver) makeDisk(ctx context.Context, spec *driver.Spec, cfg *instanceConfig, p paths, rootfs string, info driver.ImageInfo, reverts *[]func()) error {
+	if r := spec.Root; r != nil {
+		if r.Format != driver.RootQcow2 && r.Format != driver.RootRaw {
+			return errdefs.Invalid("vm: a root disk of format %q is not a VM disk (qcow2 or raw)", r.Format)
+		}
+		if fi, err := os.Stat(r.Path); err != nil || !fi.Mode().IsRegular() || !filepath.IsAbs(r.Path) {
+			return errdefs.Invalid("vm: root disk %q: not an absolute path to a disk file (%v)", r.Path, err)
+		}
+		cfg.Disk, cfg.DiskFormat, cfg.PoolDisk = r.Path, r.Format, true
+		return nil
+	}
+	progress.Report(ctx, 10, "building root disk")
+	unlockBase, base, err := d.baseDisk(ctx, spec.Image, rootfs, info)
+	if err != nil {
+		return err
+	}
+	if dir := spec.Config[KeyDiskDir]; dir != "" {
+		// Base disks are host-local and not byte-identical between hosts (mkfs.ext4 picks UUIDs and
+		// times), so a disk another host may open carries its whole content, not a backing file.
+		cfg.Disk = filepath.Join(dir, spec.ID+".qcow2")
+		os.Remove(cfg.Disk) // what an interrupted Create left
+		err = qemuImg(ctx, "convert", "-q", "-f", baseFormat(info), "-O", "qcow2", base, cfg.Disk)
+		*reverts = append(*reverts, func() { os.Remove(cfg.Disk) })
+	} else {
+		cfg.Base = base // the overlay records the base's format
+		err = qemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", baseFormat(info), "-b", base, p.overlay)
+	}
+	unlockBase()
+	return err
+}
+
+// RootSource implements driver.RootSourcer: a VM's root on a pool is an overlay over the pool's
+// copy of the image's base disk (built from a rootfs image, or a disk image's own), which is made
+// here (and collected once copied) only when the pool has none.
+func (d *Driver) RootSource(ctx context.Context, image string) (driver.RootSource, error) {
+	rootfs, info, err := d.imageSource(ctx, image)
+	if err != nil {
+		return driver.RootSource{}, err
+	}
+	fp := info.Fingerprint
+	if fp == "" {
+		fp = image
+	}
+	return driver.RootSource{Fingerprint: fp, Disk: func(ctx context.Context) (string, string, func(), error) {
+		unlock, base, err := d.baseDisk(ctx, image, rootfs, info)
+		if err != nil {
+			return "", "", nil, err
+		}
+		return base, baseFormat(info), func() { unlock(); d.gcBase(base) }, nil
+	}}, nil
 }
 
 // Delete removes everything Create and Start made: the QEMU and swtpm processes, taps, the overlay,

@@ -111,7 +111,7 @@ func (d *Driver) MigrateOut(ctx context.Context, h *driver.Handle, opts MigrateO
 		if _, err := parseAddr(opts.NBD); err != nil {
 			return MigrationResult{}, err
 		}
-	} else if cfg.Disk == "" {
+	} else if cfg.Disk == "" || h.Spec.Root != nil && !h.Spec.Root.Shared {
 		return MigrationResult{}, errdefs.Invalid("vm: the root disk is in this host's instance dir, not on a shared pool: migrate it with an NBD mirror")
 	}
 	if _, err := parseAddr(opts.URI); err != nil {

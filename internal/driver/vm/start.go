@@ -115,7 +115,7 @@ func (d *Driver) qemuConfig(ctx context.Context, h *driver.Handle, cfg instanceC
 	qc := qemucmd.Config{
 		Name: cfg.Name, Machine: cfg.Machine, MachineType: cfg.MachineType, Accel: resolveAccel(d.opts.Accel),
 		VCPUs: vcpus, MemoryMiB: mem,
-		Disks:     []qemucmd.Disk{{ID: "root", Path: cfg.diskPath(p), Format: "qcow2"}},
+		Disks:     []qemucmd.Disk{{ID: "root", Path: cfg.diskPath(p), Format: cfg.diskFormat()}},
 		QMPSocket: p.qmp, ConsoleSocket: p.console, ConsoleLog: p.consoleLog,
 		AgentSocket: p.agent, PIDFile: p.pidfile,
 		Windows: cfg.Windows, StartPaused: true,

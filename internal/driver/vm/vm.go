@@ -5,8 +5,9 @@
 //
 // Files: <Dir>/instances/<id>/ holds an instance's overlay disk, logs and config; <Dir>/bases/ the
 // per-image ext4 base disks; <Dir>/boot/ the initramfs. <RunDir>/<id>/ holds the sockets and pidfiles,
-// kept short because a unix socket path has at most 107 bytes. A root disk on a shared pool lives
-// in the directory vm.disk_dir names instead.
+// kept short because a unix socket path has at most 107 bytes. A root disk on a storage pool
+// (Spec.Root) is used where it is and never deleted here; without one, vm.disk_dir puts the root
+// disk in another directory.
 //
 // Live migration: migcheck.go (what the handle carries to the destination, CanRun), incoming.go
 // (destination), outgoing.go (source, and the sequence the daemon follows).

@@ -64,6 +64,16 @@ func Copy(ctx context.Context, src, dst string, m IDMap) error {
 // Reshift re-owns the tree at dir in place from one id range to another (when a stopped
 // container's security.privileged changes). Symlinks are never followed.
 func Reshift(ctx context.Context, dir string, from, to IDMap) error {
+	return reshift(ctx, dir, from, to, false)
+}
+
+// Adopt is Reshift for a tree made outside this package (an instance root on a storage pool):
+// device nodes and sockets, which Copy never makes, are removed as well.
+func Adopt(ctx context.Context, dir string, from, to IDMap) error {
+	return reshift(ctx, dir, from, to, true)
+}
+
+func reshift(ctx context.Context, dir string, from, to IDMap, dropDevices bool) error {
 	return walk(ctx, dir, func(rel string, st *unix.Stat_t, links map[[2]uint64]string) error {
 		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink > 1 {
 			key := [2]uint64{st.Dev, st.Ino}
@@ -72,12 +82,15 @@ func Reshift(ctx context.Context, dir string, from, to IDMap) error {
 			}
 			links[key] = rel
 		}
+		p := filepath.Join(dir, rel)
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR, unix.S_IFREG, unix.S_IFLNK, unix.S_IFIFO:
 		default:
+			if dropDevices {
+				return os.Remove(p)
+			}
 			return nil
 		}
-		p := filepath.Join(dir, rel)
 		return setMeta(p, p, st, from.ToContainer, to.ToHost)
 	}, func(rel string, st *unix.Stat_t) error {
 		return setTimes(filepath.Join(dir, rel), st)

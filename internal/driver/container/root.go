@@ -1,0 +1,154 @@
+package container
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"tandem/internal/driver"
+	"tandem/internal/driver/container/rootfs"
+	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
+)
+
+// Roots on storage pools (Spec.Root) are used in place: <bundle>/rootfs is a symlink to a dir or
+// btrfs tree, or the mount point of an ext4 image, mounted from Start until the container stops.
+// The files are owned by the container's host id range, as in a copied rootfs: shifted in place
+// at Create, and again at Start if they carry another range (another host of a shared pool shifted
+// them to its own).
+
+func checkRoot(r *driver.RootDisk) error {
+	switch r.Format {
+	case driver.RootDir, driver.RootBtrfs, driver.RootExt4:
+	default:
+		return errdefs.Invalid("container: a root disk of format %q cannot hold a container (dir, btrfs or ext4)", r.Format)
+	}
+	if !filepath.IsAbs(r.Path) {
+		return errdefs.Invalid("container: root disk path %q is not absolute", r.Path)
+	}
+	if _, err := os.Stat(r.Path); err != nil {
+		return errdefs.Invalid("container: root disk: %v", err)
+	}
+	return nil
+}
+
+// placeRoot makes <bundle>/rootfs lead to the root: a symlink to a tree (replaced when the pool's
+// path changed), an empty mount point for an image.
+func placeRoot(p paths, r *driver.RootDisk) error {
+	if r.Format == driver.RootExt4 {
+		if err := os.Mkdir(p.rootfs, 0o711); err != nil && !os.IsExist(err) {
+			return err
+		}
+		return nil
+	}
+	if cur, err := os.Readlink(p.rootfs); err == nil && cur == r.Path {
+		return nil
+	}
+	tmp := p.rootfs + ".new"
+	os.Remove(tmp)
+	if err := os.Symlink(r.Path, tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p.rootfs)
+}
+
+// readyRoot makes the root usable at <bundle>/rootfs for st's id range: placed, mounted, owned
+// (fresh: a root new to this driver).
+func (d *Driver) readyRoot(ctx context.Context, h *driver.Handle, st *instState, fresh bool) error {
+	r, p := h.Spec.Root, d.paths(h.ID)
+	if err := checkRoot(r); err != nil {
+		return err
+	}
+	if r.Format != driver.RootExt4 && !st.IDs.Identity() {
+		if why := checkTraversable(filepath.Dir(r.Path)); why != "" {
+			return errdefs.Unavailable("container %s: root disk: %s", h.ID, why)
+		}
+	}
+	if err := placeRoot(p, r); err != nil {
+		return err
+	}
+	if r.Format == driver.RootExt4 && !fsutil.MountedAt(p.rootfs) {
+		if err := fsutil.LoopMount(ctx, r.Path, p.rootfs, false); err != nil {
+			return fmt.Errorf("container %s: root disk: %w", h.ID, err)
+		}
+	}
+	return d.ownRoot(ctx, p, st, fresh)
+}
+
+// ownRoot shifts the tree at <bundle>/rootfs into st's id range from the range its root directory
+// shows (uid 0: none); always, dropping device nodes too, for a root new to this driver.
+func (d *Driver) ownRoot(ctx context.Context, p paths, st *instState, fresh bool) error {
+	dir, err := filepath.EvalSymlinks(p.rootfs)
+	if err != nil {
+		return err
+	}
+	var s unix.Stat_t
+	if err := unix.Lstat(dir, &s); err != nil {
+		return err
+	}
+	from := rootfs.IDMap{}
+	if s.Uid != 0 {
+		from = rootfs.IDMap{Base: s.Uid, Size: d.opts.IDSize}
+	}
+	if !fresh && from == st.IDs {
+		return nil
+	}
+	return rootfs.Adopt(ctx, dir, from, st.IDs)
+}
+
+// mountedRoot gives the tree of a stopped container at its rootfs path, mounting an image root
+// until the returned func is called.
+func (d *Driver) mountedRoot(ctx context.Context, h *driver.Handle) (string, func() error, error) {
+	p, r := d.paths(h.ID), h.Spec.Root
+	none := func() error { return nil }
+	if r == nil || r.Format != driver.RootExt4 || fsutil.MountedAt(p.rootfs) {
+		dir, err := filepath.EvalSymlinks(p.rootfs)
+		return dir, none, err
+	}
+	if err := placeRoot(p, r); err != nil {
+		return "", nil, err
+	}
+	if err := fsutil.LoopMount(ctx, r.Path, p.rootfs, false); err != nil {
+		return "", nil, err
+	}
+	return p.rootfs, func() error { return releaseRoot(p) }, nil
+}
+
+// releaseRoot unmounts an image root (a tree's symlink stays). Nothing of the container may be
+// left using it: another host may take the disk next.
+func releaseRoot(p paths) error {
+	if fi, err := os.Lstat(p.rootfs); err != nil || !fi.IsDir() {
+		return nil
+	}
+	return fsutil.Unmount(p.rootfs)
+}
+
+// SyncRoot implements driver.RootSyncer: the filesystem under the container's root is flushed
+// (an ext4 image's own cache lives above the image file a snapshot copies).
+func (d *Driver) SyncRoot(ctx context.Context, h *driver.Handle) error {
+	if err := checkID(h.ID); err != nil {
+		return err
+	}
+	f, err := os.Open(d.paths(h.ID).rootfs)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// RootSource implements driver.RootSourcer: a root is made from the image's rootfs tree.
+func (d *Driver) RootSource(ctx context.Context, image string) (driver.RootSource, error) {
+	dir, info, err := d.opts.Images.Rootfs(ctx, image)
+	if err != nil {
+		return driver.RootSource{}, fmt.Errorf("image %s: %w", image, err)
+	}
+	fp := info.Fingerprint
+	if fp == "" {
+		fp = image
+	}
+	return driver.RootSource{Fingerprint: fp, Dir: dir}, nil
+}
