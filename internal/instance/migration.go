@@ -181,11 +181,15 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 	h.Driver = drvName
 	h.Spec.Name, h.Spec.Type, h.Spec.Image = post.Name, post.Type, post.ImageFP
 	h.Spec.Config, h.Spec.Devices = nonNil(post.Config), nonNilDevices(post.Devices)
-	// The source's root disk is on its pools: here the driver keeps the copy it receives.
+	// A root on a shared pool is used in place (adopted below); any other root the source has is
+	// on its own pools: here the driver keeps the copy it receives.
 	h.Spec.Root = nil
-	for name, dev := range h.Spec.Devices {
-		if isRootDisk(dev) {
-			delete(h.Spec.Devices, name)
+	shared := post.Storage == api.StorageShared && rootDevice(h.Spec.Devices) != nil && m.volumes != nil
+	if !shared {
+		for name, dev := range h.Spec.Devices {
+			if isRootDisk(dev) {
+				delete(h.Spec.Devices, name)
+			}
 		}
 	}
 	if m.images != nil {
@@ -231,8 +235,21 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 		in.done = true
 		return nil, err
 	}
+	if shared {
+		if err := m.makeRoot(ctx, rec, drv, true); err != nil {
+			in.Drop(ctx)
+			return nil, fmt.Errorf("the root on the shared pool: %w", err)
+		}
+		in.Save(ctx)
+	}
 	return in, nil
 }
+
+// HoldRoot takes the lease on an instance's root disk (a move that did not happen resumes).
+func (m *Manager) HoldRoot(ctx context.Context, rec *store.InstanceRecord) error { return m.holdRoot(ctx, rec) }
+
+// LetRootGo gives the lease on an instance's root disk back (a move hands the disk over).
+func (m *Manager) LetRootGo(name string) { m.letRootGo(name) }
 
 // ResumeIncoming takes up an incoming record a dead daemon left (recovery), to Drop or Finish it.
 func (m *Manager) ResumeIncoming(rec *store.InstanceRecord) (*Incoming, error) {
@@ -267,6 +284,11 @@ func (in *Incoming) Finish(ctx context.Context, power string) error {
 	}
 	in.done = true
 	in.m.saveHandle(ctx, in.Record.Name, in.Driver, in.Record.Handle)
+	if power == api.PowerRunning {
+		if err := in.m.holdRoot(ctx, in.Record); err != nil {
+			slog.Warn("the arrived instance runs without its root disk's lease", "instance", in.Record.Name, "err", err)
+		}
+	}
 	in.m.unlock(in.Record.Name)
 	in.m.hub.Lifecycle("instance-arrived", in.Record.Name)
 	return nil
@@ -282,6 +304,11 @@ func (in *Incoming) Drop(ctx context.Context) {
 	m, rec := in.m, in.Record
 	m.unplugNICs(ctx, rec.Name, rec.Desired.Devices)
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
+	if rec.Handle.Spec.Root != nil { // an adopted shared root: the source keeps it
+		if err := m.deleteRoot(ctx, rec); err != nil {
+			slog.Error("give back an adopted root", "instance", rec.Name, "err", err)
+		}
+	}
 	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		slog.Error("drop incoming instance record", "instance", rec.Name, "err", err)

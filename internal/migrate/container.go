@@ -67,11 +67,12 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	}
 
 	o.result.Mode = "live-copy"
-	dumpDir := filepath.Join(o.e.Dir, "outgoing", o.id)
 	if o.shared != "" {
 		o.result.Mode = "live-shared"
-		dumpDir = filepath.Join(filepath.Dir(o.shared), ".tandem-migrate", o.id)
 	}
+	// The dump is copied even with a shared root: it is small, and the hosts need not mount the
+	// shared pool at the same path.
+	dumpDir := filepath.Join(o.e.Dir, "outgoing", o.id)
 	defer os.RemoveAll(dumpDir)
 	o.step(50, "freezing and dumping")
 	frozen := time.Now()
@@ -88,6 +89,9 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		defer cancel()
 		err := cd.AbortDump(rctx, h)
 		o.e.Instances.SaveHandle(rctx, o.rec.Name, o.drv, h)
+		if herr := o.e.Instances.HoldRoot(rctx, o.rec); herr != nil {
+			slog.Warn("a resumed instance could not take its root's lease back", "instance", o.rec.Name, "err", herr)
+		}
 		if err != nil {
 			return fmt.Errorf("%w; resuming it here failed too: %v", cause, err)
 		}
@@ -95,30 +99,32 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		return cause
 	}
 	dumped := time.Now()
+	if o.shared != "" { // the destination mounts the shared root image alone
+		if err := cd.UnmountRoot(ctx, h); err != nil {
+			return resume(err)
+		}
+	}
+	// Both inside the freeze: side by side.
+	var wg sync.WaitGroup
+	var rootErr error
 	if o.shared == "" {
-		// Both inside the freeze: side by side.
-		var wg sync.WaitGroup
-		var rootErr error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rootErr = o.rsync(ctx, root, "rootfs", 55, 70, "copying what changed")
 		}()
-		dumpErr := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump")
-		wg.Wait()
-		if err := errors.Join(rootErr, dumpErr); err != nil {
-			return resume(err)
-		}
+	}
+	dumpErr := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump")
+	wg.Wait()
+	if err := errors.Join(rootErr, dumpErr); err != nil {
+		return resume(err)
 	}
 	copied := time.Now()
 	o.step(88, "restoring on "+o.remote)
-	req := api.MigrationRestorePost{}
-	if o.shared != "" {
-		req.DumpDir = dumpDir
-	}
-	if ran, err := o.restoreRemote(ctx, req); !ran {
+	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
 		return resume(err)
 	}
+	o.e.Instances.LetRootGo(o.rec.Name) // the destination takes the root's lease at the commit
 	o.result.FreezeMillis = time.Since(frozen).Milliseconds()
 	slog.Info("container moved: freeze", "instance", o.rec.Name, "dump", dumped.Sub(frozen).Round(time.Millisecond),
 		"copy", copied.Sub(dumped).Round(time.Millisecond), "restore", time.Since(copied).Round(time.Millisecond))

@@ -14,6 +14,7 @@ type containerMover interface {
 	container.MigrationSource
 	container.MigrationDestination
 	MarkMoved(ctx context.Context, h *driver.Handle) error
+	UnmountRoot(ctx context.Context, h *driver.Handle) error
 	MigrationFeatures(ctx context.Context) container.MigrationFeatures
 }
 

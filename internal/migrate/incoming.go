@@ -113,15 +113,15 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		if f.PreDump {
 			info.Modes = append(info.Modes, "predump")
 		}
-		root := ""
-		if c.post.Storage == api.StorageShared {
+		root := "" // a root on a pool (Spec.Root) is the driver's to place
+		if c.post.Storage == api.StorageShared && h.Spec.Root == nil {
 			root = c.post.SharedRoot
 		}
 		if err := cd.Adopt(ctx, h, containerAdoptOpts(root)); err != nil {
 			return nil, err
 		}
 		info.Rootfs = cd.RootfsPath(h)
-		if root == "" {
+		if c.post.Storage == api.StorageCopy {
 			if err := os.MkdirAll(info.Rootfs, 0o755); err != nil {
 				return nil, err
 			}
@@ -137,8 +137,8 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared}
 		if !opts.SharedDisk {
 			opts.NBDListen = "unix:" + filepath.Join(c.run, "nbd.sock")
-		} else {
-			opts.DiskPath = c.post.SharedRoot
+		} else if opts.DiskPath = c.post.SharedRoot; h.Spec.Root != nil {
+			opts.DiskPath = h.Spec.Root.Path // this host's path to the shared disk
 		}
 		if _, err := vd.PrepareIncoming(ctx, h, opts); err != nil {
 			return nil, err

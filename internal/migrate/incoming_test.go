@@ -73,7 +73,8 @@ func (f *fakeMover) AbortDump(context.Context, *driver.Handle) error  { return n
 func (f *fakeMover) Release(context.Context, *driver.Handle, container.ReleaseOpts) error {
 	return nil
 }
-func (f *fakeMover) MarkMoved(context.Context, *driver.Handle) error { return nil }
+func (f *fakeMover) MarkMoved(context.Context, *driver.Handle) error   { return nil }
+func (f *fakeMover) UnmountRoot(context.Context, *driver.Handle) error { return nil }
 func (f *fakeMover) MigrationFeatures(context.Context) container.MigrationFeatures {
 	return container.MigrationFeatures{CRIU: true}
 }

@@ -332,6 +332,9 @@ func (o *outgoing) finishHere(ctx context.Context) error {
 
 // sharedRoot returns the instance's root path when it is on storage both hosts see.
 func sharedRoot(rec *store.InstanceRecord) string {
+	if r := rec.Handle.Spec.Root; r != nil && r.Shared {
+		return r.Path
+	}
 	if rec.Type == api.TypeVM {
 		if dir := rec.Desired.Config["vm.disk_dir"]; dir != "" {
 			return filepath.Join(dir, rec.Handle.ID+".qcow2")

@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"tandem/api"
@@ -72,6 +73,9 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 		defer cancel()
 		err := vd.AbortOutgoing(rctx, h)
 		o.e.Instances.SaveHandle(rctx, o.rec.Name, o.drv, h)
+		if herr := o.e.Instances.HoldRoot(rctx, o.rec); herr != nil {
+			slog.Warn("a resumed instance could not take its root's lease back", "instance", o.rec.Name, "err", herr)
+		}
 		if err != nil {
 			return fmt.Errorf("%w; resuming it here failed too: %v", cause, err)
 		}
@@ -82,6 +86,7 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
 		return resume(err)
 	}
+	o.e.Instances.LetRootGo(o.rec.Name) // the destination takes the root's lease at the commit
 	if err := o.commitRemote(ctx); err != nil {
 		return o.undecidedOr(err, func() error { return resume(err) })
 	}

@@ -77,6 +77,7 @@ func newLab(t *testing.T, n int) *lab {
 		mustRun(t, "ip", "link", "set", lk, "netns", h.netns)
 		mustRun(t, "ip", "link", "set", lk+"p", "master", labBr, "up")
 		h.must("network", "create", "lab", "--subnet", l.subnet, "--nat=false", "--uplink", lk)
+		h.must("storage", "pool", "create", "sh", "shared", "--source", l.shared)
 		l.hosts, l.mgmt = append(l.hosts, h), append(l.mgmt, mg)
 	}
 	for i, a := range l.hosts {
@@ -296,6 +297,24 @@ func TestMoveContainerLive(t *testing.T) {
 		t.Errorf("B has %d images after receiving c1, want the one c1 came from", len(imgs))
 	}
 
+	// On the shared pool: nothing of the root is copied, the destination mounts the same disk.
+	echo2, _ := launchContainer(t, a, "c2", "--storage", "sh", "-c", "limits.disk=64MiB")
+	nics2 := nicsOf(t, a, "c2")
+	tap := tapConsole(t, a, "c2")
+	time.Sleep(time.Second)
+	out := a.must("move", "c2", "--target", "host-b", "--live")
+	t.Logf("%s", strings.TrimSpace(out))
+	if !strings.Contains(out, "live-shared") {
+		t.Errorf("the move of a container on the shared pool was not a shared one: %q", out)
+	}
+	checkArrived(t, b, "c2", nics2)
+	if err := echo2.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("c2's connection does not echo after the move: %v", err)
+	}
+	checkContinues(t, b, "c2", ctCountRE, numbers(ctCountRE, tap.String()))
+	b.must("exec", "c2", "--", "sh", "-c", "echo on-b > /root/shared-marker")
+	b.must("delete", "--force", "c2")
+
 	// Cold: a stopped container moves with a file written in it, and boots on B with its address.
 	a.must("exec", "c1", "--", "sh", "-c", "echo kept > /root/marker")
 	a.must("stop", "c1")
@@ -336,7 +355,7 @@ func TestMoveVMLive(t *testing.T) {
 		extra []string
 	}{
 		{"vlocal", nil},
-		{"vshared", []string{"-c", "vm.disk_dir=" + l.shared}},
+		{"vshared", []string{"--storage", "sh"}},
 	} {
 		func() {
 			launchVM(t, a, tc.name, tc.extra...)

@@ -370,3 +370,12 @@ func (d *Driver) MarkMoved(ctx context.Context, h *driver.Handle) error {
 	st.Migration, st.Checkpoint, st.CheckpointDir = migMoved, false, ""
 	return d.save(h, st)
 }
+
+// UnmountRoot unmounts the image root of a container that no longer runs here (dumped for a move
+// on a shared pool), so that the destination mounts it alone; AbortDump mounts it again.
+func (d *Driver) UnmountRoot(ctx context.Context, h *driver.Handle) error {
+	if s, err := d.State(ctx, h); err != nil || s == driver.StatusRunning || s == driver.StatusPaused {
+		return errdefs.Conflict("container %s still runs here (%s, %v): its root stays mounted", h.ID, s, err)
+	}
+	return releaseRoot(d.paths(h.ID))
+}
