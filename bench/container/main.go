@@ -10,17 +10,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
+
+	"tandem/bench/internal/benchkit"
 )
 
 // sample is what one container measured.
@@ -32,9 +31,6 @@ type sample struct {
 	cgroup int64         // the container's cgroup memory usage
 }
 
-// errSkip ends the benchmark with a message and exit status 0.
-var errSkip = errors.New("skipped")
-
 func main() {
 	n := flag.Int("n", 10, "containers of each kind, launched one after another, then all running at once")
 	settle := flag.Duration("settle", 3*time.Second, "how long all containers run before memory is read")
@@ -44,29 +40,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench/container: -n must be at least 1")
 		os.Exit(2)
 	}
-	if reason := skipReason(); reason != "" {
-		fmt.Println("bench/container: skipped:", reason)
-		return
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	context.AfterFunc(ctx, stop) // the first Ctrl-C cleans up; a second one kills
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	switch err := run(ctx, *n, *settle); {
-	case err == nil:
-	case errors.Is(err, errSkip):
-		fmt.Println("bench/container:", err)
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "bench/container: interrupted:", err)
-		os.Exit(130)
-	case errors.Is(err, context.DeadlineExceeded):
-		fmt.Fprintf(os.Stderr, "bench/container: took longer than -timeout %v: %v\n", *timeout, err)
-		os.Exit(1)
-	default:
-		fmt.Fprintln(os.Stderr, "bench/container:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("bench/container", *timeout, skipReason, func(ctx context.Context) error { return run(ctx, *n, *settle) })
 }
 
 // skipReason says why this host cannot run the benchmark, or "".
@@ -83,12 +57,8 @@ func skipReason() string {
 }
 
 func run(ctx context.Context, n int, settle time.Duration) (err error) {
-	work, err := os.MkdirTemp("", "tbc")
+	work, done, err := benchkit.WorkDir("bench/container", "tbc")
 	if err != nil {
-		return err
-	}
-	// Unprivileged container roots (unmapped uids) must traverse to their rootfs in the state dir.
-	if err := os.Chmod(work, 0o711); err != nil {
 		return err
 	}
 	var t *tandem
@@ -98,17 +68,12 @@ func run(ctx context.Context, n int, settle time.Duration) (err error) {
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		ok := r.close(cctx)
-		ok = t.close(cctx) && ok
-		if ok {
-			os.RemoveAll(work)
-		} else {
-			fmt.Fprintf(os.Stderr, "bench/container: cleanup was incomplete; left %s for inspection\n", work)
-		}
+		done(t.close(cctx) && ok)
 	}()
 
 	bin := filepath.Join(work, "bin")
 	fmt.Println("building tandem and tandemd ...")
-	if err := buildBinaries(ctx, bin); err != nil {
+	if err := benchkit.Build(ctx, bin, nil, "./cmd/tandem", "./cmd/tandemd"); err != nil {
 		return err
 	}
 	if t, err = startTandem(ctx, bin, filepath.Join(work, "d")); err != nil {
@@ -165,25 +130,6 @@ func run(ctx context.Context, n int, settle time.Duration) (err error) {
 		mib(daemonBefore), mib(after), n, float64(after-daemonBefore)/float64(n)/(1<<20))
 	fmt.Printf("lxcfs (one per host, shared by all tandem daemons) RSS %s;\n", mib(lxcfsRSS(procs)))
 	fmt.Printf("runc processes left alive: %d next to tandem's shims, %d for plain runc's containers\n", t.leftovers, r.leftovers)
-	return nil
-}
-
-// buildBinaries builds the CLI and the daemon into dir, from the module this benchmark is part of.
-func buildBinaries(ctx context.Context, dir string) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(gomod)), "go.mod") {
-		return fmt.Errorf("run from the tandem repository (go env GOMOD: %q, %v)", gomod, err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/tandem", "./cmd/tandemd")
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %v\n%s", err, out)
-	}
 	return nil
 }
 

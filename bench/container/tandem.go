@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"tandem/api"
+	"tandem/bench/internal/benchkit"
 	"tandem/client"
 	"tandem/internal/daemon"
 	"tandem/internal/driver/container"
@@ -51,25 +52,7 @@ func startTandem(ctx context.Context, bin, dir string) (*tandem, error) {
 	if t.c, err = client.New(dir); err != nil {
 		return t, err
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := t.c.GetServer(cctx)
-		cancel()
-		if err == nil {
-			return t, nil
-		}
-		select {
-		case <-t.exited:
-			return t, fmt.Errorf("tandemd exited at start; see %s.log", dir)
-		case <-ctx.Done():
-			return t, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return t, fmt.Errorf("tandemd did not answer within 30s: %v", err)
-		}
-	}
+	return t, benchkit.WaitDaemon(ctx, t.c, t.exited, dir+".log")
 }
 
 // cli runs the tandem CLI against this daemon.
@@ -116,7 +99,7 @@ func (t *tandem) launch(ctx context.Context, name string) (sample, error) {
 		_, err = t.c.WaitOperation(ctx, op.ID, nil)
 	}
 	if client.IsStatus(err, 503) {
-		return s, fmt.Errorf("%w: tandem cannot run containers here: %v", errSkip, err)
+		return s, fmt.Errorf("%w: tandem cannot run containers here: %v", benchkit.ErrSkip, err)
 	}
 	if err != nil {
 		return s, fmt.Errorf("tandem launch %s: %w", name, err)
