@@ -186,6 +186,16 @@ func TestRootsSharedExt4(t *testing.T) {
 	if got := h.sh("c1", "cat /root/f; df -m / | awk 'NR==2 {print $2}'"); !strings.HasPrefix(got, "ok\n") || atoi(got[3:]) < 100 {
 		t.Fatalf("after growing to 128MiB: %q", got)
 	}
+	// Memory saved and restored over a root the driver unmounts and mounts again in between.
+	h.sh("c1", "setsid sleep 4321 >/dev/null 2>&1 </dev/null &")
+	sleeper := "ps | grep -c '[s]leep 4321'"
+	h.must("snapshot", "create", "c1", "s1", "--stateful")
+	h.must("snapshot", "restore", "c1", "s1")
+	h.must("stop", "--stateful", "c1")
+	h.must("start", "c1")
+	if got := h.sh("c1", sleeper); got != "1" {
+		t.Fatalf("after a stateful restore and a stateful stop and start: %q", got)
+	}
 	h.must("delete", "--force", "c1")
 	if ents, _ := os.ReadDir(filepath.Join(shared, "volumes", "container")); len(ents) != 0 {
 		t.Fatalf("delete left %v in the pool", ents)
