@@ -246,7 +246,9 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 }
 
 // HoldRoot takes the lease on an instance's root disk (a move that did not happen resumes).
-func (m *Manager) HoldRoot(ctx context.Context, rec *store.InstanceRecord) error { return m.holdRoot(ctx, rec) }
+func (m *Manager) HoldRoot(ctx context.Context, rec *store.InstanceRecord) error {
+	return m.holdRoot(ctx, rec)
+}
 
 // LetRootGo gives the lease on an instance's root disk back (a move hands the disk over).
 func (m *Manager) LetRootGo(name string) { m.letRootGo(name) }
