@@ -132,7 +132,6 @@ func run(ctx context.Context, o options) (err error) {
 	}
 
 	var rows []*row
-	var notes []string
 	if o.kinds["container"] {
 		if rc, err = newRunc(ctx, work, rootfs, o.settle); err != nil {
 			return err
@@ -159,12 +158,11 @@ func run(ctx context.Context, o options) (err error) {
 			return err
 		}
 		rows = append(rows, vms...)
-		notes = append(notes, vmNote(vms[1], vms[2]))
 	}
 	fmt.Println()
 	fmt.Printf("median of %d moves per case, back and forth; %s; %s\n\n", o.n, machine(), versions(rc, qm))
 	printTable(rows)
-	for _, n := range notes {
+	for _, n := range notes(rows) {
 		fmt.Println(n)
 	}
 	return nil

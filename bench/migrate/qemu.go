@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -22,8 +23,8 @@ const guestKernel = "/usr/local/share/tandem/guest/vmlinux"
 const consoleShell = ":/# "
 
 // plainQEMU is the VM baseline: the guest tandem's first VM boots (its machine, CPU model, memory,
-// kernel, initramfs and command line, read from that QEMU's command line; a copy of the image's
-// base disk) in a bare qemu-system-x86_64 with no NIC, agent port, balloon or RNG, migrated over
+// kernel, initramfs and command line, read from that QEMU's command line; a copy of the base disk
+// under its root disk) in a bare qemu-system-x86_64 with no NIC, agent port, balloon or RNG, migrated over
 // loopback TCP to a second one started with -incoming, driven through QMP. Both ends open the same
 // disk file: on one host the disk is trivially shared.
 type plainQEMU struct {
@@ -47,17 +48,24 @@ type qemuProc struct {
 // baseline with an error, for close to end.
 func newPlainQEMU(ctx context.Context, work, stateDir string, settle time.Duration) (*plainQEMU, error) {
 	q := &plainQEMU{work: work, settle: settle, version: firstLine(ctx, "qemu-system-x86_64", "--version")}
-	args, err := guestArgs(stateDir)
+	args, root, err := guestArgs(stateDir)
 	if err != nil {
 		return nil, err
 	}
-	bases, _ := filepath.Glob(filepath.Join(stateDir, "vm", "bases", "*.qcow2"))
-	if len(bases) != 1 {
-		return nil, fmt.Errorf("want one base disk in %s, found %v", stateDir, bases)
+	// tandem's root is an overlay over the pool's copy of the image's base disk: copy that base,
+	// as it was built. A copy, not an overlay: host-a drops the base once tandem's VM has left.
+	var info struct {
+		Backing string `json:"full-backing-filename"`
 	}
-	// A copy, not an overlay: host-a drops the base disk once tandem's VM has moved away.
+	out, err := sh(ctx, "qemu-img", "info", "-U", "--output=json", root)
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &info)
+	}
+	if err != nil || info.Backing == "" {
+		return nil, fmt.Errorf("no base disk under tandem's root disk %s (%v)", root, err)
+	}
 	disk := filepath.Join(work, "plain.qcow2")
-	if _, err := sh(ctx, "qemu-img", "convert", "-O", "qcow2", bases[0], disk); err != nil {
+	if _, err := sh(ctx, "qemu-img", "convert", "-U", "-O", "qcow2", info.Backing, disk); err != nil {
 		return nil, err
 	}
 	dev := "virtio-blk-pci"
@@ -83,8 +91,9 @@ func newPlainQEMU(ctx context.Context, work, stateDir string, settle time.Durati
 }
 
 // guestArgs reads the guest's definition from the QEMU that tandem runs for the one VM under
-// stateDir: every option that shapes the guest and its migration stream but no device.
-func guestArgs(stateDir string) ([]string, error) {
+// stateDir: every option that shapes the guest and its migration stream but no device; and the
+// file of its root disk.
+func guestArgs(stateDir string) (args []string, root string, err error) {
 	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, c := range cmdlines {
 		b, err := os.ReadFile(c)
@@ -92,15 +101,28 @@ func guestArgs(stateDir string) ([]string, error) {
 			continue
 		}
 		all := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		var out []string
 		for _, opt := range []string{"-machine", "-accel", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append"} {
 			if v := argValue(all, opt); v != "" {
-				out = append(out, opt, v)
+				args = append(args, opt, v)
 			}
 		}
-		return out, nil
+		for i := 0; i+1 < len(all); i++ {
+			var node struct {
+				Name string `json:"node-name"`
+				File struct {
+					Name string `json:"filename"`
+				} `json:"file"`
+			}
+			if all[i] == "-blockdev" && json.Unmarshal([]byte(all[i+1]), &node) == nil && node.Name == "fmt-root" {
+				root = node.File.Name
+			}
+		}
+		if root == "" {
+			return nil, "", fmt.Errorf("tandem's QEMU for the VM under %s has no root disk node", stateDir)
+		}
+		return args, root, nil
 	}
-	return nil, fmt.Errorf("no QEMU of a VM under %s found", stateDir)
+	return nil, "", fmt.Errorf("no QEMU of a VM under %s found", stateDir)
 }
 
 // argValue is the value following the first opt in args, or "".

@@ -107,20 +107,35 @@ func pauseName(kind string) string {
 	return "freeze"
 }
 
-// vmNote says which tandem VM case the plain QEMU migration compares with, and QEMU's own
-// total-time of the plain migrations.
-func vmNote(sharedCase, plain *row) string {
-	var qemu []float64
-	for _, s := range plain.samples {
-		qemu = append(qemu, float64(s.qemu))
+// notes says what the table cannot: a shared case whose moves still copied the root, which tandem
+// case the plain QEMU migration compares with, and QEMU's own total-time of the plain migrations.
+func notes(rows []*row) []string {
+	var out []string
+	vmShared := false
+	for _, r := range rows {
+		switch {
+		case r.storage == "shared" && len(r.samples) > 0 && r.mode() != "live-shared":
+			out = append(out, fmt.Sprintf("%s: the root was on the shared pool, but the moves ran as %s: "+
+				"this build's moves copy such a root", r.name(), r.mode()))
+		case r.name() == "vm shared" && len(r.samples) > 0:
+			vmShared = true
+		case r.name() == "vm" && len(r.samples) > 0:
+			var qemu []float64
+			for _, s := range r.samples {
+				qemu = append(qemu, float64(s.qemu))
+			}
+			out = append(out, fmt.Sprintf("vm plain: total runs from starting the destination QEMU until the guest "+
+				"runs there; QEMU's own total-time (migrate until completed) has a median of %s", secs(time.Duration(median(qemu)))))
+			if vmShared {
+				out = append(out, "vm: plain QEMU shares its disk (one host): compare it with vm shared; "+
+					"vm local also mirrors the disk over NBD")
+			} else {
+				out = append(out, "vm: no vm case on shared storage that moved without copying its disk, so plain QEMU "+
+					"(one host, the disk shared as it is) is compared with vm local, which mirrors the disk over NBD")
+			}
+		}
 	}
-	note := fmt.Sprintf("vm plain: total runs from starting the destination QEMU until the guest runs there; "+
-		"QEMU's own total-time (migrate until completed) has a median of %s.\n", secs(time.Duration(median(qemu))))
-	if sharedCase.skipped != "" || len(sharedCase.samples) == 0 {
-		return note + "vm: no shared-storage case in this build, so plain QEMU (one host, the disk shared as it is) " +
-			"is compared with vm local, which also mirrors the disk over NBD"
-	}
-	return note + "vm: plain QEMU shares its disk (one host): compare it with vm shared; vm local also mirrors the disk over NBD"
+	return out
 }
 
 // versions names the bare components measured.
