@@ -64,9 +64,9 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 
 	switch {
 	case v.Format == FormatDir || v.Format == FormatExt4:
-		done, err := prepareSource(ctx, kind, &src)
-		if err != nil {
-			return nil, err
+		done, perr := prepareSource(ctx, kind, &src) // not err: the copy's error below must reach commitCreate
+		if perr != nil {
+			return nil, perr
 		}
 		defer done()
 		if err := rootfsFits(src.RootfsDir, v.Size, v.Format); err != nil {
