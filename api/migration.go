@@ -20,6 +20,11 @@ type InstanceMovePost struct {
 type InstanceCopyPost struct {
 	Name   string `json:"name"`
 	Target string `json:"target,omitempty"` // a remote; empty: this host
+	// Storage is the pool for the new instance's root; empty: the source's pool here, on a
+	// remote that pool if it has one, else its default pool.
+	Storage string `json:"storage,omitempty"`
+	// MaxBandwidth caps a copy to a remote in bytes/s; 0: no cap.
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
 }
 
 // Migration kinds.
@@ -56,7 +61,15 @@ type MigrationPost struct {
 	DiskBytes int64 `json:"disk_bytes,omitempty"`
 	// SharedRoot is, with shared storage, the root's path (both hosts see it there).
 	SharedRoot string `json:"shared_root,omitempty"`
+	// Pool is, when a stopped instance's root is copied, the destination's pool for it; empty:
+	// the source's pool name if the destination has such a pool, else its default pool.
+	Pool string `json:"pool,omitempty"`
 }
+
+// Fresh says whether the destination makes the instance anew, as a create would (its own
+// handle, its root on its own pool), for the source to fill the root: a stopped instance whose
+// root is copied. Live moves and shared roots take the source's handle over instead.
+func (p MigrationPost) Fresh() bool { return !p.Live && p.Storage == StorageCopy }
 
 // MigrationRestorePost is the body of POST /1.0/migrations/ID/restore.
 type MigrationRestorePost struct {

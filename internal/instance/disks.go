@@ -32,6 +32,7 @@ type Volumes interface {
 	SnapshotVolume(ctx context.Context, pool, vol, snap string) error
 	RestoreVolume(ctx context.Context, pool, vol, snap string) error
 	DeleteSnapshot(ctx context.Context, pool, vol, snap string) error
+	CopyVolume(ctx context.Context, srcPool, srcVol, dstPool, dstName string) (*storage.Volume, error)
 }
 
 // SetVolumes turns on disk devices backed by storage volumes.

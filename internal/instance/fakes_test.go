@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -337,4 +338,25 @@ var (
 
 func storageSource() storage.ImageSource {
 	return storage.ImageSource{Fingerprint: "img", RootfsDir: "/images/img"}
+}
+
+func (f *fakeVolumes) CopyVolume(_ context.Context, srcPool, srcRef, dstPool, dstRef string) (*storage.Volume, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.enter("CopyVolume"); err != nil {
+		return nil, err
+	}
+	src, err := f.vol(srcPool, srcRef)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.vol(dstPool, dstRef); err == nil {
+		return nil, errdefs.Exists("volume %s already exists", dstRef)
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
+		return nil, err
+	}
+	typ, name, _ := strings.Cut(dstRef, "/")
+	v := &storage.Volume{Pool: dstPool, Name: name, Type: typ, Format: src.Format, Size: src.Size, State: storage.StateReady}
+	f.vols[dstPool+"/"+dstRef] = v
+	return v, nil
 }

@@ -1,6 +1,8 @@
 package instance
 
 import (
+	"github.com/google/uuid"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -185,7 +187,17 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 	// on its own pools: here the driver keeps the copy it receives.
 	h.Spec.Root = nil
 	shared := post.Storage == api.StorageShared && rootDevice(h.Spec.Devices) != nil && m.volumes != nil
-	if !shared {
+	switch {
+	case post.Fresh(): // made here as a create would; the source fills the root
+		if h.Spec.Devices, err = m.freshRootDevice(ctx, h.Spec.Devices, post.Pool, post.Type, drv); err != nil {
+			return nil, err
+		}
+		h = driver.Handle{ID: uuid.NewString(), Driver: drvName, Spec: h.Spec}
+		h.Spec.ID = h.ID
+		if err := m.checkNewRoot(ctx, post.Name, post.Type, h.Spec.Devices, false); err != nil {
+			return nil, err
+		}
+	case !shared:
 		for name, dev := range h.Spec.Devices {
 			if isRootDisk(dev) {
 				delete(h.Spec.Devices, name)
@@ -235,7 +247,13 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 		in.done = true
 		return nil, err
 	}
-	if shared {
+	switch {
+	case post.Fresh():
+		if err := m.createFresh(ctx, in); err != nil {
+			in.Drop(ctx)
+			return nil, err
+		}
+	case shared:
 		if err := m.makeRoot(ctx, rec, drv, true); err != nil {
 			in.Drop(ctx)
 			return nil, fmt.Errorf("the root on the shared pool: %w", err)
@@ -243,6 +261,63 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 		in.Save(ctx)
 	}
 	return in, nil
+}
+
+// freshRootDevice puts the root of an instance made anew here on this host's pool: the one
+// asked for, else the source's pool if this host has one of that name, else the default pool.
+func (m *Manager) freshRootDevice(ctx context.Context, devices api.Devices, pool, kind string, drv driver.Driver) (api.Devices, error) {
+	if pool != "" && m.volumes == nil {
+		return nil, errdefs.Unavailable("this host has no storage pools")
+	}
+	for name, dev := range devices {
+		if !isRootDisk(dev) {
+			continue
+		}
+		if m.volumes == nil {
+			delete(devices, name)
+			return devices, nil
+		}
+		dev = maps.Clone(dev)
+		if pool != "" {
+			dev["pool"] = pool
+		} else if _, err := m.volumes.GetPool(ctx, diskPool(dev)); err != nil {
+			dev["pool"] = defaultPool
+		}
+		devices[name] = dev
+		return devices, nil
+	}
+	devices, err := m.withRoot(devices, kind, drv, false)
+	if err == nil && pool != "" {
+		for name, dev := range devices {
+			if isRootDisk(dev) {
+				devices[name]["pool"] = pool
+			}
+		}
+	}
+	return devices, err
+}
+
+// createFresh makes the root (from the image) and the driver's instance of an incoming record
+// made anew; the source then overwrites the root's contents. On error Drop undoes the root.
+func (in *Incoming) createFreshFailed(err error) error {
+	return fmt.Errorf("making %s here: %w", in.Record.Name, err)
+}
+
+func (m *Manager) createFresh(ctx context.Context, in *Incoming) error {
+	rec := in.Record
+	if err := m.makeRoot(ctx, rec, in.Driver, false); err != nil {
+		return fmt.Errorf("making the root of %s here: %w", rec.Name, err)
+	}
+	in.Save(ctx)
+	spec := rec.Handle.Spec
+	h, err := in.Driver.Create(ctx, &spec)
+	if err != nil {
+		return fmt.Errorf("making %s here: %w", rec.Name, err)
+	}
+	h.Driver = rec.Handle.Driver
+	rec.Handle = h
+	in.Save(ctx)
+	return nil
 }
 
 // HoldRoot takes the lease on an instance's root disk (a move that did not happen resumes).
@@ -306,7 +381,7 @@ func (in *Incoming) Drop(ctx context.Context) {
 	m, rec := in.m, in.Record
 	m.unplugNICs(ctx, rec.Name, rec.Desired.Devices)
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
-	if rec.Handle.Spec.Root != nil { // an adopted shared root: the source keeps it
+	if rec.Handle.Spec.Root != nil { // an adopted shared root stays the source's; a fresh one goes
 		if err := m.deleteRoot(ctx, rec); err != nil {
 			slog.Error("give back an adopted root", "instance", rec.Name, "err", err)
 		}

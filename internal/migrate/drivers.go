@@ -16,6 +16,7 @@ type containerMover interface {
 	MarkMoved(ctx context.Context, h *driver.Handle) error
 	UnmountRoot(ctx context.Context, h *driver.Handle) error
 	MigrationFeatures(ctx context.Context) container.MigrationFeatures
+	RootTree(ctx context.Context, h *driver.Handle) (dir string, release func() error, err error)
 }
 
 // What this package needs of the VM driver.
@@ -28,6 +29,7 @@ type vmMover interface {
 	PrepareIncoming(ctx context.Context, h *driver.Handle, o vm.IncomingOpts) (vm.IncomingInfo, error)
 	FinishIncoming(ctx context.Context, h *driver.Handle) error
 	AbortIncoming(ctx context.Context, h *driver.Handle) error
+	StoppedDisk(ctx context.Context, h *driver.Handle) (path, format string, err error)
 }
 
 func containerOf(d driver.Driver) (containerMover, error) {

@@ -27,6 +27,8 @@ type incoming struct {
 	dir  string // state: the dump copy, rsync's config
 	run  string // unix sockets
 
+	root *rootReceiver // a stopped instance's root, filled by the source (fresh)
+
 	mu         sync.Mutex // one step at a time
 	status     string
 	in         *instance.Incoming
@@ -97,6 +99,9 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 	}
 	h := c.in.Record.Handle
 	info := &api.MigrationInfo{ID: c.id, Name: c.post.Name, Status: api.MigrationPreparing}
+	if c.post.Fresh() {
+		return info, e.receiveRoot(ctx, c, info)
+	}
 	switch c.post.Type {
 	case api.TypeContainer:
 		cd, err := containerOf(c.in.Driver)
@@ -131,8 +136,14 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		if err != nil {
 			return nil, err
 		}
-		if !c.post.Live {
-			return nil, errdefs.Invalid("a stopped VM moves with its disk: not supported yet, start it and move it --live")
+		if !c.post.Live { // a stopped VM on a shared pool: its disk is adopted, QEMU starts later
+			nh, err := c.in.Driver.Create(ctx, &h.Spec)
+			if err != nil {
+				return nil, err
+			}
+			nh.Driver = h.Driver
+			c.in.Record.Handle = nh
+			return info, nil
 		}
 		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared}
 		if !opts.SharedDisk {
@@ -186,7 +197,12 @@ func (e *Engine) Tunnel(ctx context.Context, id, to string, conn io.ReadWriteClo
 	switch to {
 	case "rootfs", "dump":
 		dir := filepath.Join(c.dir, "dump")
-		if to == "rootfs" {
+		if to == "rootfs" && c.root != nil {
+			if c.root.tree == "" {
+				return errdefs.Invalid("migration %s has no root tree to receive", id)
+			}
+			dir = c.root.tree
+		} else if to == "rootfs" {
 			cd, err := containerOf(c.in.Driver)
 			if err != nil || c.post.Storage == api.StorageShared {
 				return errdefs.Invalid("migration %s has no rootfs to receive", id)
@@ -243,6 +259,9 @@ func (e *Engine) Restore(ctx context.Context, id string, req api.MigrationRestor
 
 func (e *Engine) restore(ctx context.Context, c *incoming, req api.MigrationRestorePost) error {
 	h := c.in.Record.Handle
+	if c.root != nil {
+		return c.root.finish(ctx)
+	}
 	if !c.post.Live {
 		return nil
 	}
@@ -322,6 +341,9 @@ func (e *Engine) abortLocked(c *incoming, why error) {
 // dropDriver undoes the driver's reception: nothing of the instance runs or stays here (a shared
 // root stays: it is the source's).
 func (e *Engine) dropDriver(ctx context.Context, c *incoming) {
+	if c.root != nil {
+		c.root.stop()
+	}
 	h := c.in.Record.Handle
 	var err error
 	switch c.post.Type {
@@ -331,7 +353,9 @@ func (e *Engine) dropDriver(ctx context.Context, c *incoming) {
 		}
 		err = c.in.Driver.Delete(ctx, h)
 	case api.TypeVM:
-		if vd, verr := vmOf(c.in.Driver); verr == nil {
+		if st, serr := c.in.Driver.State(ctx, h); serr == nil && (st == driver.StatusStopped || st == driver.StatusGone) {
+			err = c.in.Driver.Delete(ctx, h) // made anew, or adopted, and never started
+		} else if vd, verr := vmOf(c.in.Driver); verr == nil {
 			err = vd.AbortIncoming(ctx, h)
 		}
 	}

@@ -75,6 +75,11 @@ func (f *fakeMover) Release(context.Context, *driver.Handle, container.ReleaseOp
 }
 func (f *fakeMover) MarkMoved(context.Context, *driver.Handle) error   { return nil }
 func (f *fakeMover) UnmountRoot(context.Context, *driver.Handle) error { return nil }
+func (f *fakeMover) RootTree(_ context.Context, h *driver.Handle) (string, func() error, error) {
+	f.record("roottree")
+	dir := f.RootfsPath(h)
+	return dir, func() error { f.record("release-tree"); return nil }, os.MkdirAll(dir, 0o755)
+}
 func (f *fakeMover) MigrationFeatures(context.Context) container.MigrationFeatures {
 	return container.MigrationFeatures{CRIU: true}
 }
@@ -266,4 +271,62 @@ func registryOf(d driver.Driver) *driver.Registry {
 	reg := driver.NewRegistry()
 	reg.Register("fake", d, api.TypeContainer)
 	return reg
+}
+
+// A stopped instance whose root is copied is made anew here: its own handle, created (not
+// adopted), its root tree readied for the source; a copy gets its own NICs and stays stopped.
+func TestIncomingColdCopyIsMadeAnew(t *testing.T) {
+	d := newDest(t)
+	ctx := context.Background()
+	p := validPost(t)
+	p.Kind, p.Live, p.Name = api.MigrationCopy, false, "c1-copy"
+	info, err := d.e.Prepare(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.drv.called("adopt") || !d.drv.called("roottree") {
+		t.Fatalf("driver calls %v: want a create and the root tree, no adopt", d.drv.calls)
+	}
+	rec, _ := d.st.GetInstance("c1-copy")
+	var src driver.Handle
+	json.Unmarshal(p.Handle, &src)
+	if rec.Handle.ID == src.ID || rec.Handle.Spec.ID != rec.Handle.ID || rec.Handle.Spec.Name != "c1-copy" {
+		t.Fatalf("handle %+v: want a fresh one for c1-copy", rec.Handle)
+	}
+	if info.Rootfs != d.drv.RootfsPath(rec.Handle) {
+		t.Fatalf("root to fill %q, want the new instance's %q", info.Rootfs, d.drv.RootfsPath(rec.Handle))
+	}
+	if _, err := d.e.Restore(ctx, p.ID, api.MigrationRestorePost{}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.drv.called("release-tree") || d.drv.called("restore") {
+		t.Fatalf("driver calls %v: want the tree released and nothing restored", d.drv.calls)
+	}
+	if _, err := d.e.Commit(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ = d.st.GetInstance("c1-copy")
+	if rec.Pending != "" || rec.Desired.Power != api.PowerStopped {
+		t.Fatalf("record after the commit: %+v", rec)
+	}
+}
+
+// An aborted cold reception deletes what it made.
+func TestIncomingColdAbortDeletes(t *testing.T) {
+	d := newDest(t)
+	ctx := context.Background()
+	p := validPost(t)
+	p.Live = false
+	if _, err := d.e.Prepare(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.e.Abort(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !d.drv.called("delete") || !d.drv.called("release-tree") {
+		t.Fatalf("driver calls %v: want the tree released and the instance deleted", d.drv.calls)
+	}
+	if n := d.records(t); n != 0 {
+		t.Fatalf("%d records left", n)
+	}
 }

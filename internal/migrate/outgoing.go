@@ -100,56 +100,75 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 			return errdefs.Conflict("instance %q is %s: --live moves a running instance", name, status)
 		case !req.Live && status != api.StatusStopped:
 			return errdefs.Conflict("instance %q is %s: stop it first, or move it --live", name, status)
-		case !req.Live && rec.Type == api.TypeVM:
-			return errdefs.Invalid("moving a stopped VM is not supported yet: start it and move it --live")
 		}
-		for dev, d := range rec.Desired.Devices {
-			if d["type"] == "disk" && d["source"] != "" {
-				return errdefs.Conflict("instance %q has volume %s attached (device %s): detach it before the move", name, d["source"], dev)
-			}
-		}
-		return nil
+		return instance.CheckNoVolumes(rec)
 	}
 	return e.Instances.RunMigration(name, fmt.Sprintf("%s instance %s to %s", verb, name, req.Target), check,
 		func(ctx context.Context, op *operations.Op, rec *store.InstanceRecord, drv driver.Driver) error {
-			ctx, cancel := context.WithTimeout(ctx, moveTimeout)
-			defer cancel()
-			ctx, cancelCause := context.WithCancelCause(ctx)
-			defer cancelCause(nil)
-			o := &outgoing{e: e, id: uuid.NewString(), remote: req.Target, cl: cl, op: op, rec: rec, drv: drv,
-				live: req.Live, bw: req.MaxBandwidth, start: time.Now()}
-			go o.watchStalls(ctx, cancelCause)
-			o.run = filepath.Join(e.RunDir, o.id[:8])
-			if err := os.MkdirAll(o.run, 0o700); err != nil {
+			o, done, err := e.newOutgoing(op, rec, drv, req.Target, cl, req.Live, req.MaxBandwidth)
+			if err != nil {
 				return err
 			}
-			defer os.RemoveAll(o.run)
-			err := o.move(ctx)
-			if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
-				err = fmt.Errorf("%w (%v)", err, cause)
-			}
+			defer done()
+			err = o.drive(ctx, o.move)
 			if err == nil {
-				o.result.TotalMillis = time.Since(o.start).Milliseconds()
-				o.result.BytesSent = o.sent.Load()
-				op.SetMetadata("result", o.result)
 				op.Progress(100, "moved to "+req.Target)
 			}
 			return err
 		})
 }
 
-func (o *outgoing) move(ctx context.Context) error {
+// newOutgoing sets up one move or copy; done removes its sockets' directory.
+func (e *Engine) newOutgoing(op *operations.Op, rec *store.InstanceRecord, drv driver.Driver, remote string, cl *client.Client, live bool, bw int64) (*outgoing, func(), error) {
+	o := &outgoing{e: e, id: uuid.NewString(), remote: remote, cl: cl, op: op, rec: rec, drv: drv,
+		live: live, bw: bw, start: time.Now()}
+	o.run = filepath.Join(e.RunDir, o.id[:8])
+	if err := os.MkdirAll(o.run, 0o700); err != nil {
+		return nil, nil, err
+	}
+	return o, func() { os.RemoveAll(o.run) }, nil
+}
+
+// drive runs fn bounded in time and watched for stalls; on success the operation gets the result.
+func (o *outgoing) drive(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, moveTimeout)
+	defer cancel()
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	go o.watchStalls(ctx, cancelCause)
+	err := fn(ctx)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = fmt.Errorf("%w (%v)", err, cause)
+	}
+	if err == nil {
+		o.result.TotalMillis = time.Since(o.start).Milliseconds()
+		o.result.BytesSent = o.sent.Load()
+		o.op.SetMetadata("result", o.result)
+	}
+	return err
+}
+
+// post describes the instance for the destination: a move keeps its NICs' MACs and addresses.
+func (o *outgoing) post(kind string) api.MigrationPost {
 	o.shared = sharedRoot(o.rec)
-	post := api.MigrationPost{ID: o.id, Kind: api.MigrationMove, Live: o.live, Storage: api.StorageCopy,
+	post := api.MigrationPost{ID: o.id, Kind: kind, Live: o.live, Storage: api.StorageCopy,
 		Name: o.rec.Name, Type: o.rec.Type, Image: o.rec.Image, ImageFP: o.rec.Handle.Spec.Image,
 		Config: o.rec.Desired.Config, Created: o.rec.CreatedAt, SharedRoot: o.shared,
-		Devices: instance.DevicesForMove(o.rec.Desired.Devices, o.e.Instances.NICs(ctx, o.rec))}
+		Devices: instance.DevicesForMove(o.rec.Desired.Devices, o.e.Instances.NICs(context.Background(), o.rec))}
 	if o.shared != "" {
 		post.Storage = api.StorageShared
 	}
+	return post
+}
+
+func (o *outgoing) move(ctx context.Context) error {
+	post := o.post(api.MigrationMove)
 	o.step(2, "checking the destination has the image")
 	if err := o.ensureImage(ctx, post.ImageFP); err != nil {
 		return err
+	}
+	if !o.live && (post.Fresh() || o.rec.Type == api.TypeVM) {
+		return o.moveStopped(ctx, post)
 	}
 	switch o.rec.Type {
 	case api.TypeContainer:

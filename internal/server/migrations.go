@@ -17,6 +17,7 @@ import (
 // the source host, over mutual TLS.
 func (s *Server) registerMigrations(mux *http.ServeMux) {
 	mux.HandleFunc("POST /1.0/instances/{name}/move", s.moveInstance)
+	mux.HandleFunc("POST /1.0/instances/{name}/copy", s.copyInstance)
 	mux.HandleFunc("POST /1.0/migrations", s.prepareMigration)
 	mux.HandleFunc("GET /1.0/migrations/{id}", s.getMigration)
 	mux.HandleFunc("DELETE /1.0/migrations/{id}", s.abortMigration)
@@ -47,6 +48,29 @@ func (s *Server) moveInstance(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op, err := s.Migrations.Move(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeOperation(w, op)
+}
+
+// copyInstance copies here (the instance manager) or to a remote (the migration engine).
+func (s *Server) copyInstance(w http.ResponseWriter, r *http.Request) {
+	var req api.InstanceCopyPost
+	if err := decode(w, r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	var op *api.Operation
+	var err error
+	if req.Target == "" {
+		op, err = s.Instances.Copy(r.Context(), r.PathValue("name"), req)
+	} else if s.migrationsOn(w) {
+		op, err = s.Migrations.Copy(r.Context(), r.PathValue("name"), req)
+	} else {
+		return
+	}
 	if err != nil {
 		writeError(w, err)
 		return

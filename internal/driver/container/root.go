@@ -99,6 +99,18 @@ func (d *Driver) ownRoot(ctx context.Context, p paths, st *instState, fresh bool
 	return rootfs.Adopt(ctx, dir, from, st.IDs)
 }
 
+// RootTree gives the tree of a stopped container's root, to copy from or into (a cold move, a
+// copy); call release when done (it unmounts an image root).
+func (d *Driver) RootTree(ctx context.Context, h *driver.Handle) (dir string, release func() error, err error) {
+	if err := checkID(h.ID); err != nil {
+		return "", nil, err
+	}
+	if st, err := d.State(ctx, h); err != nil || st != driver.StatusStopped {
+		return "", nil, errdefs.Conflict("container %s is %v (%v): stop it before copying its root", h.ID, st, err)
+	}
+	return d.mountedRoot(ctx, h)
+}
+
 // mountedRoot gives the tree of a stopped container at its rootfs path, mounting an image root
 // until the returned func is called.
 func (d *Driver) mountedRoot(ctx context.Context, h *driver.Handle) (string, func() error, error) {

@@ -319,3 +319,17 @@ func freeBytes(dir string) int64 {
 	}
 	return int64(st.Bavail) * int64(st.Bsize)
 }
+
+// StoppedDisk returns the root disk file of a stopped VM and its format, for a cold move or a
+// copy to read (a running guest's disk would change under the reader).
+func (d *Driver) StoppedDisk(ctx context.Context, h *driver.Handle) (path, format string, err error) {
+	p, cfg, unlock, err := d.openLocked(h)
+	if err != nil {
+		return "", "", err
+	}
+	defer unlock()
+	if d.qemuPID(p) != 0 {
+		return "", "", errdefs.Conflict("vm: %s runs: stop it before copying its disk", h.ID)
+	}
+	return cfg.diskPath(p), cfg.diskFormat(), nil
+}
