@@ -125,7 +125,9 @@ func (m *Manager) plug(ctx context.Context, network string, lease Lease, hostIf,
 	}
 	defer func() {
 		if err != nil {
-			m.unplugLocked(context.WithoutCancel(ctx), network, na)
+			if uerr := m.unplugLocked(context.WithoutCancel(ctx), network, na); uerr != nil {
+				slog.Error("network: undo a failed plug", "network", network, "interface", hostIf, "err", uerr)
+			}
 		}
 	}()
 	if !reuse {

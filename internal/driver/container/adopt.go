@@ -49,8 +49,12 @@ func (d *Driver) Adopt(ctx context.Context, h *driver.Handle, o AdoptOpts) (err 
 	p := d.paths(h.ID)
 	defer func() {
 		if err != nil {
-			d.removeFiles(p)
-			d.ids.Release(h.ID)
+			if rerr := d.removeFiles(p); rerr != nil {
+				slog.Error("clean up after a failed adopt", "container", h.ID, "err", rerr)
+			}
+			if rerr := d.ids.Release(h.ID); rerr != nil {
+				slog.Error("release the ids after a failed adopt", "container", h.ID, "err", rerr)
+			}
 		}
 	}()
 	if !st.IDs.Identity() {
@@ -129,7 +133,9 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 	}
 	if h.Spec.Root != nil { // a root disk on a pool: mounted (unmounted again if the restore fails)
 		if err := d.readyRoot(ctx, h, st, false); err != nil {
-			d.cleanupRuntime(context.WithoutCancel(ctx), h.ID)
+			if cerr := d.cleanupRuntime(context.WithoutCancel(ctx), h.ID); cerr != nil {
+				slog.Error("clean up after a failed restore", "container", h.ID, "err", cerr)
+			}
 			return RestoreStats{}, err
 		}
 	}

@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -51,8 +52,12 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (_ *driver.Handl
 	}
 	defer func() {
 		if err != nil {
-			d.removeFiles(p)
-			d.ids.Release(spec.ID)
+			if rerr := d.removeFiles(p); rerr != nil {
+				slog.Error("clean up after a failed create", "container", spec.ID, "err", rerr)
+			}
+			if rerr := d.ids.Release(spec.ID); rerr != nil {
+				slog.Error("release the ids after a failed create", "container", spec.ID, "err", rerr)
+			}
 		}
 	}()
 	// 0711: the container's root, an unmapped uid on the host, must be able to traverse to its rootfs.

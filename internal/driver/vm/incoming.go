@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -90,7 +91,10 @@ func (d *Driver) PrepareIncoming(ctx context.Context, h *driver.Handle, opts Inc
 	ok := false
 	defer func() {
 		if !ok {
-			d.remove(context.WithoutCancel(ctx), h) // keeps a shared disk: cfg.Incoming says so
+			// keeps a shared disk: cfg.Incoming says so
+			if err := d.remove(context.WithoutCancel(ctx), h); err != nil {
+				slog.Error("vm: clean up after a failed incoming prepare", "instance", h.ID, "err", err)
+			}
 		}
 	}()
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
