@@ -187,13 +187,19 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 	// on its own pools: here the driver keeps the copy it receives.
 	h.Spec.Root = nil
 	shared := post.Storage == api.StorageShared && rootDevice(h.Spec.Devices) != nil && m.volumes != nil
+	_, canPool := drv.(driver.RootSourcer)
+	// A live move whose root is copied gets its root on this host's pool too, made from the image
+	// (so that a tree's copy sends only what differs) and then overwritten by the source.
+	poolRoot := !post.Fresh() && post.Storage == api.StorageCopy && m.volumes != nil && canPool
 	switch {
-	case post.Fresh(): // made here as a create would; the source fills the root
+	case post.Fresh() || poolRoot:
 		if h.Spec.Devices, err = m.freshRootDevice(ctx, h.Spec.Devices, post.Pool, post.Type, drv); err != nil {
 			return nil, err
 		}
-		h = driver.Handle{ID: uuid.NewString(), Driver: drvName, Spec: h.Spec}
-		h.Spec.ID = h.ID
+		if post.Fresh() { // made here as a create would; the source fills the root
+			h = driver.Handle{ID: uuid.NewString(), Driver: drvName, Spec: h.Spec}
+			h.Spec.ID = h.ID
+		}
 		if err := m.checkNewRoot(ctx, post.Name, post.Type, h.Spec.Devices, false); err != nil {
 			return nil, err
 		}
@@ -253,6 +259,12 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 			in.Drop(ctx)
 			return nil, err
 		}
+	case poolRoot:
+		if err := m.makeRoot(ctx, rec, drv, false); err != nil {
+			in.Drop(ctx)
+			return nil, fmt.Errorf("making the root of %s here: %w", rec.Name, err)
+		}
+		in.Save(ctx)
 	case shared:
 		if err := m.makeRoot(ctx, rec, drv, true); err != nil {
 			in.Drop(ctx)

@@ -126,7 +126,14 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 			return nil, err
 		}
 		info.Rootfs = cd.RootfsPath(h)
-		if c.post.Storage == api.StorageCopy {
+		switch {
+		case c.post.Storage == api.StorageCopy && h.Spec.Root != nil: // on this host's pool
+			r := &rootReceiver{}
+			if r.tree, r.release, err = cd.RootTree(ctx, h); err != nil {
+				return nil, err
+			}
+			c.root, info.Rootfs = r, r.tree
+		case c.post.Storage == api.StorageCopy:
 			if err := os.MkdirAll(info.Rootfs, 0o755); err != nil {
 				return nil, err
 			}
@@ -148,6 +155,9 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared}
 		if !opts.SharedDisk {
 			opts.NBDListen = "unix:" + filepath.Join(c.run, "nbd.sock")
+			if r := h.Spec.Root; r != nil { // the mirror's target is the root volume on this host's pool
+				opts.DiskPath, opts.PoolDisk = r.Path, true
+			}
 		} else if opts.DiskPath = c.post.SharedRoot; h.Spec.Root != nil {
 			opts.DiskPath = h.Spec.Root.Path // this host's path to the shared disk
 		}
@@ -259,8 +269,10 @@ func (e *Engine) Restore(ctx context.Context, id string, req api.MigrationRestor
 
 func (e *Engine) restore(ctx context.Context, c *incoming, req api.MigrationRestorePost) error {
 	h := c.in.Record.Handle
-	if c.root != nil {
-		return c.root.finish(ctx)
+	if c.root != nil { // the root is all here
+		if err := c.root.finish(ctx); err != nil || !c.post.Live {
+			return err
+		}
 	}
 	if !c.post.Live {
 		return nil

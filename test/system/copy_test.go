@@ -66,6 +66,7 @@ func TestCopyAndColdMove(t *testing.T) {
 	t.Logf("container copy to another host: %v", time.Since(start).Round(time.Millisecond))
 	assertStatus(t, a, "c1", api.StatusStopped) // the source stays
 	checkCopy(t, b, "c1-b", nics, false)
+	checkRootOnDefaultPool(t, b, "container", "c1-b")
 	b.must("delete", "--force", "c1-b")
 
 	// A VM: a local copy, then a cold move with its disk.
@@ -87,6 +88,7 @@ func TestCopyAndColdMove(t *testing.T) {
 		t.Fatal("A still lists v1 after its cold move")
 	}
 	assertStatus(t, b, "v1", api.StatusStopped)
+	checkRootOnDefaultPool(t, b, "vm", "v1")
 	b.must("start", "v1")
 	waitAgent(t, b, "v1")
 	if out := b.must("exec", "v1", "--", "cat", "/root/marker"); out != "orig\n" {

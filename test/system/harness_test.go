@@ -6,15 +6,19 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"tandem/internal/daemon"
 )
 
 var (
@@ -77,6 +81,7 @@ func startDaemon(t *testing.T, flags ...string) *daemonHarness {
 		if t.Failed() {
 			t.Logf("tandemd log:\n%s", d.log)
 		}
+		reapInstances(dir)
 		os.RemoveAll(dir)
 	})
 	d.start()
@@ -122,6 +127,7 @@ func startHostWith(t *testing.T, setup func(ns string), flags ...string) *daemon
 		if t.Failed() {
 			t.Logf("tandemd log:\n%s", d.log)
 		}
+		reapInstances(dir)
 		os.RemoveAll(dir)
 	})
 	d.start()
@@ -189,4 +195,48 @@ func (d *daemonHarness) must(args ...string) string {
 		d.t.Fatalf("tandem %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
 	}
 	return out
+}
+
+// reapInstances ends what a test daemon left running: a daemon's exit leaves instances running,
+// and containers live in namespaces of their own that the host namespace's cleanup does not
+// reach. Everything in the daemon's cgroup parent is killed (thawed first) and its cgroups go.
+func reapInstances(dir string) {
+	parent := "tandem-" + filepath.Base(daemon.RunDir(dir))
+	filepath.WalkDir(filepath.Join("/sys/fs/cgroup/freezer", parent), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "freezer.state" {
+			os.WriteFile(p, []byte("THAWED"), 0)
+		}
+		return nil
+	})
+	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
+	var dirs []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		left := 0
+		dirs = dirs[:0]
+		for _, root := range roots {
+			filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return nil
+				}
+				if d.IsDir() {
+					dirs = append(dirs, p)
+				} else if d.Name() == "cgroup.procs" {
+					data, _ := os.ReadFile(p)
+					for _, pid := range strings.Fields(string(data)) {
+						if n, err := strconv.Atoi(pid); err == nil {
+							syscall.Kill(n, syscall.SIGKILL)
+							left++
+						}
+					}
+				}
+				return nil
+			})
+		}
+		if left == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- { // children before their parents
+		os.Remove(dirs[i])
+	}
 }

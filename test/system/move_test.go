@@ -233,6 +233,15 @@ func checkArrived(t *testing.T, h *daemonHarness, name string, nics []api.NIC) {
 	}
 }
 
+// checkRootOnDefaultPool checks that an instance whose root was copied here has it on this
+// host's default pool, like one created here.
+func checkRootOnDefaultPool(t *testing.T, h *daemonHarness, kind, name string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(h.dir, "storage", "pools", "default", "volumes", kind, name)); err != nil {
+		t.Errorf("%s's root is not on the default pool of its new host: %v", name, err)
+	}
+}
+
 func nicsOf(t *testing.T, h *daemonHarness, name string) []api.NIC {
 	t.Helper()
 	var inst api.Instance
@@ -281,6 +290,7 @@ func TestMoveContainerLive(t *testing.T) {
 			t.Fatalf("the source still lists c1 after the move")
 		}
 		checkArrived(t, to, "c1", nics)
+		checkRootOnDefaultPool(t, to, "container", "c1")
 		if err := echo.WaitEcho(20 * time.Second); err != nil {
 			t.Fatalf("the connection does not echo after the move: %v", err)
 		}
@@ -371,6 +381,9 @@ func TestMoveVMLive(t *testing.T) {
 				t.Fatal("A still lists the VM")
 			}
 			checkArrived(t, b, tc.name, nics)
+			if tc.extra == nil {
+				checkRootOnDefaultPool(t, b, "vm", tc.name)
+			}
 			// The ticks go on where they were: the file on the disk has no restart.
 			ticks, _, err := b.tandem("exec", tc.name, "--", "sh", "-c", "sleep 1; tail -n 20 /root/ticks")
 			if err != nil {

@@ -29,6 +29,9 @@ type IncomingOpts struct {
 	// DiskPath is, with SharedDisk, the shared file's path here when it differs from the source's;
 	// without, where to make the new disk ("": the instance dir).
 	DiskPath string
+	// PoolDisk: DiskPath, without SharedDisk, is a root volume on this host's pool, which the
+	// control plane owns (the driver replaces its contents but never deletes it).
+	PoolDisk bool
 	// MultifdChannels must equal the source's MigrateOpts.MultifdChannels (0: no multifd).
 	MultifdChannels int
 }
@@ -87,6 +90,8 @@ func (d *Driver) PrepareIncoming(ctx context.Context, h *driver.Handle, opts Inc
 	cfg.Incoming = migMirror
 	if opts.SharedDisk {
 		cfg.Incoming = migShared
+	} else {
+		cfg.PoolDisk, cfg.DiskFormat = opts.PoolDisk, "" // a new qcow2 disk, made below
 	}
 	ok := false
 	defer func() {
