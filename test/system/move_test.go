@@ -472,6 +472,8 @@ func TestMoveFailures(t *testing.T) {
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")
 	echo, _ := launchContainer(t, a, "c1")
+	// Data the destination's copy of the image lacks, so that a capped rootfs copy takes a while.
+	a.must("exec", "c1", "--", "dd", "if=/dev/urandom", "of=/root/big", "bs=64k", "count=32")
 
 	// Refused up front, nothing touched.
 	for _, tc := range []struct {
@@ -560,6 +562,24 @@ func TestMoveFailures(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+b.dir).Output(); len(out) > 0 {
 		t.Errorf("a QEMU of B's is left: %s", out)
+	}
+
+	// B's daemon dies while a stopped VM's disk is sent (a cold move): v1 stays A's, stopped; B
+	// holds nothing, not even the root it had made, after its restart.
+	a.must("stop", "v1", "--force")
+	done = runMove(a, "v1", "--target", "host-b", "--bandwidth", "512KiB")
+	waitMoveStep(t, a, "copying the disk")
+	b.stop(9)
+	moveFailed(t, done, 2*time.Minute, "cold VM move with the destination killed")
+	assertStatus(t, a, "v1", api.StatusStopped)
+	b.start()
+	if hasInstance(t, b, "v1") {
+		t.Error("B holds v1 after its restart")
+	}
+	for _, kind := range []string{"container", "vm"} {
+		if left, _ := filepath.Glob(filepath.Join(b.dir, "storage", "pools", "default", "volumes", kind, "*")); len(left) > 0 {
+			t.Errorf("B's pool holds %v after the failed moves", left)
+		}
 	}
 
 	// Nothing is stuck: the same moves now go through.
