@@ -6,7 +6,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"tandem/api"
-	"tandem/internal/units"
 )
 
 func init() { register(newCopyCmd) }
@@ -23,12 +22,9 @@ func newCopyCmd(a *app) *cobra.Command {
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[1]
-			if bandwidth != "" {
-				n, err := units.ParseSize(bandwidth)
-				if err != nil {
-					return fmt.Errorf("--bandwidth: %w", err)
-				}
-				req.MaxBandwidth = int64(n)
+			var err error
+			if req.MaxBandwidth, err = parseBandwidth(bandwidth); err != nil {
+				return err
 			}
 			c, err := a.client()
 			if err != nil {

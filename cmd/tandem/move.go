@@ -23,12 +23,9 @@ func newMoveCmd(a *app) *cobra.Command {
 			"instance's root is copied unless it is on a shared pool; --bandwidth caps the transfer per second.",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if bandwidth != "" {
-				n, err := units.ParseSize(bandwidth)
-				if err != nil {
-					return fmt.Errorf("--bandwidth: %w", err)
-				}
-				req.MaxBandwidth = int64(n)
+			var err error
+			if req.MaxBandwidth, err = parseBandwidth(bandwidth); err != nil {
+				return err
 			}
 			c, err := a.client()
 			if err != nil {
@@ -54,6 +51,18 @@ func newMoveCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&bandwidth, "bandwidth", "", "cap the transfer, bytes per second (e.g. 50MiB)")
 	cmd.MarkFlagRequired("target")
 	return cmd
+}
+
+// parseBandwidth reads --bandwidth ("": no cap).
+func parseBandwidth(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := units.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--bandwidth: %w", err)
+	}
+	return int64(n), nil
 }
 
 // describeMove says how a move went, from the operation's result.
