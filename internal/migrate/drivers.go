@@ -16,6 +16,10 @@ type containerMover interface {
 	MarkMoved(ctx context.Context, h *driver.Handle) error
 	UnmountRoot(ctx context.Context, h *driver.Handle) error
 	MigrationFeatures(ctx context.Context) container.MigrationFeatures
+	// Lazy (post-copy) moves.
+	LazyDumpRefusal() string
+	LazyRestoreRefusal(h *driver.Handle) string
+	WaitLazyPages(ctx context.Context, h *driver.Handle) error
 }
 
 // What this package needs of the VM driver.

@@ -232,6 +232,18 @@ func (d *Driver) lazyRefusal(st *instState) string {
 	return ""
 }
 
+// LazyRestoreRefusal says why an adopted container cannot be restored lazily here ("" if it can).
+func (d *Driver) LazyRestoreRefusal(h *driver.Handle) string {
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return err.Error()
+	}
+	return d.lazyRefusal(st)
+}
+
+// LazyDumpRefusal says why this host cannot serve a lazy dump ("" if it can).
+func (d *Driver) LazyDumpRefusal() string { return d.lazyDumpRefusal() }
+
 // lazyDumpRefusal says why this host cannot serve a lazy dump ("" if it can).
 func (d *Driver) lazyDumpRefusal() string {
 	switch f := d.MigrationFeatures(context.Background()); {

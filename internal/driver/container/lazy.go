@@ -182,6 +182,28 @@ func (d *Driver) commitLazy(ctx context.Context, h *driver.Handle, st *instState
 	return d.save(h, st)
 }
 
+// WaitLazyPages returns once the destination of a lazy dump has pulled every page (the source's
+// tasks stay frozen until CommitDump), or fails when the destination went away first or ctx
+// ends. A caller that commits the move only after it returned never leaves the destination
+// running with memory still on the source.
+func (d *Driver) WaitLazyPages(ctx context.Context, h *driver.Handle) error {
+	v, ok := d.lazyDumps.Load(h.ID)
+	if !ok {
+		return errdefs.Conflict("container %s has no lazy dump in flight here", h.ID)
+	}
+	ld := v.(*lazyDump)
+	err := ld.proxy.wait(ctx)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-ld.done: // CRIU gave up on its own
+		return fmt.Errorf("wait for the pages of %s: %w (CRIU ended: %v)", h.ID, err, ld.err)
+	default:
+		return fmt.Errorf("wait for the pages of %s: %w", h.ID, err)
+	}
+}
+
 func (d *Driver) abortLazy(ctx context.Context, h *driver.Handle, st *instState) error {
 	v, ok := d.lazyDumps.Load(h.ID)
 	if !ok {
