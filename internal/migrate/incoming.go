@@ -211,8 +211,14 @@ func (e *Engine) Status(id string) (*api.MigrationInfo, error) {
 	if ok {
 		c.touch()
 		c.mu.Lock()
-		defer c.mu.Unlock()
-		return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: c.status}, nil
+		status := c.status
+		c.mu.Unlock()
+		if status != api.MigrationAborted && status != api.MigrationCommitted {
+			return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: status}, nil
+		}
+		e.mu.Lock() // it ended while we waited: its record says how
+		f, ended = e.finished[id]
+		e.mu.Unlock()
 	}
 	if ended {
 		return &api.MigrationInfo{ID: id, Status: f.status, Error: f.err}, nil
