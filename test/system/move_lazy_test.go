@@ -1,0 +1,132 @@
+package system
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"tandem/api"
+)
+
+// requireLazyMoves readies this machine for lazy container moves, or skips saying what is absent:
+// CRIU with userfaultfd support, and fs.pipe-max-size >= 4 MiB for CRIU's page server (setup.sh
+// raises it for good; here it is raised for the test and put back). It returns the launch flags
+// of a container that can be restored lazily: privileged unless vm.unprivileged_userfaultfd=1.
+func requireLazyMoves(t *testing.T) []string {
+	t.Helper()
+	criu, err := exec.LookPath("criu")
+	if err != nil {
+		t.Skip("skipping: CRIU is not installed (scripts/setup.sh installs it)")
+	}
+	if out, err := exec.Command(criu, "check", "--feature", "uffd-noncoop").CombinedOutput(); err != nil {
+		t.Skipf("skipping: CRIU has no userfaultfd support on this kernel: %s", strings.TrimSpace(string(out)))
+	}
+	const pipeMax = "/proc/sys/fs/pipe-max-size"
+	old, err := os.ReadFile(pipeMax)
+	if err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	if n, _ := strconv.Atoi(strings.TrimSpace(string(old))); n < 4<<20 {
+		if err := os.WriteFile(pipeMax, []byte("4194304"), 0o644); err != nil {
+			t.Skipf("skipping: cannot raise %s for CRIU's page server: %v", pipeMax, err)
+		}
+		t.Cleanup(func() { os.WriteFile(pipeMax, old, 0o644) })
+	}
+	if v, _ := os.ReadFile("/proc/sys/vm/unprivileged_userfaultfd"); strings.TrimSpace(string(v)) == "1" {
+		return nil
+	}
+	t.Log("vm.unprivileged_userfaultfd=0: the container is privileged (a user namespace's tasks may not open a userfaultfd)")
+	return []string{"-c", "security.privileged=true"}
+}
+
+// waitMoveAt waits until the source's move operation has reached percent, and returns its message.
+func waitMoveAt(t *testing.T, h *daemonHarness, percent int) string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		var ops []api.Operation
+		json.Unmarshal([]byte(h.must("operation", "list", "--format", "json")), &ops)
+		for _, op := range ops {
+			if op.Status == api.OpRunning && strings.Contains(op.Description, "oving") && op.Progress.Percent >= percent {
+				return op.Progress.Message
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no move reached %d%%", percent)
+	return ""
+}
+
+// A container with an in-memory counter and an established TCP connection moves live from A to B
+// post-copy (it runs on B while its memory follows): the counter carries on, the connection
+// echoes. Before that, a lazy move whose destination dies while the container is frozen on A
+// resumes it on A; after it, the move back with lazy pages turned off says so.
+func TestMoveContainerLazy(t *testing.T) {
+	cfg := requireLazyMoves(t)
+	l := newLab(t, 2)
+	a, b := l.hosts[0], l.hosts[1]
+	a.must("image", "build", "busybox")
+	echo, _ := launchContainer(t, a, "c1", append([]string{"-c", "limits.memory=128MiB"}, cfg...)...)
+	nics := nicsOf(t, a, "c1")
+
+	// B dies while A holds the container frozen for a lazy move (the capped copy of the dump keeps
+	// it there for a while): A resumes it, the connection carries on, B holds nothing after its restart.
+	done := runMove(a, "c1", "--target", "host-b", "--live", "--lazy", "--bandwidth", "256KiB")
+	t.Logf("killing B at: %s", waitMoveAt(t, a, 50))
+	b.stop(syscall.SIGKILL)
+	moveFailed(t, done, 2*time.Minute, "lazy move with the destination killed in the freeze")
+	assertStatus(t, a, "c1", api.StatusRunning)
+	if err := echo.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("the connection broke when A resumed: %v", err)
+	}
+	b.start()
+	if hasInstance(t, b, "c1") {
+		t.Error("B holds c1 after its restart")
+	}
+
+	// The lazy move.
+	tap := tapConsole(t, a, "c1")
+	time.Sleep(time.Second)
+	start := time.Now()
+	out := a.must("move", "c1", "--target", "host-b", "--live", "--lazy")
+	t.Logf("%s (CLI: %v)", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
+	for _, want := range []string{"(lazy)", "frozen", "memory followed in"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the move's report lacks %q: %q", want, out)
+		}
+	}
+	if hasInstance(t, a, "c1") {
+		t.Fatal("A still lists c1 after the lazy move")
+	}
+	checkArrived(t, b, "c1", nics)
+	if err := echo.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("the connection does not echo after the lazy move: %v", err)
+	}
+	if err := echo.Check(); err != nil {
+		t.Error(err)
+	}
+	checkContinues(t, b, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
+	t.Logf("longest echo gap %v", echo.MaxGap().Round(time.Millisecond))
+	if !strings.Contains(b.log.String(), "every page arrived") {
+		t.Error("B's log does not say every page arrived")
+	}
+
+	// Back to A with lazy pages turned off: a plain live move that says why.
+	tap = tapConsole(t, b, "c1")
+	time.Sleep(time.Second)
+	out = b.must("move", "c1", "--target", "host-a", "--live", "--lazy=false")
+	t.Logf("%s", strings.TrimSpace(out))
+	if !strings.Contains(out, "(live-copy)") || !strings.Contains(out, "lazy pages: not used: turned off") {
+		t.Errorf("the move with lazy pages off: %q", out)
+	}
+	checkArrived(t, a, "c1", nics)
+	if err := echo.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("the connection does not echo after the move back: %v", err)
+	}
+	checkContinues(t, a, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
+}
