@@ -44,22 +44,34 @@ func requireLazyMoves(t *testing.T) []string {
 	return []string{"-c", "security.privileged=true"}
 }
 
-// waitMoveAt waits until the source's move operation has reached percent, and returns its message.
-func waitMoveAt(t *testing.T, h *daemonHarness, percent int) string {
+// waitFrozen waits until the source's move operation is in the freeze (dumping or copying the
+// dump), and returns its message.
+func waitFrozen(t *testing.T, h *daemonHarness) string {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		var ops []api.Operation
 		json.Unmarshal([]byte(h.must("operation", "list", "--format", "json")), &ops)
 		for _, op := range ops {
-			if op.Status == api.OpRunning && strings.Contains(op.Description, "oving") && op.Progress.Percent >= percent {
-				return op.Progress.Message
+			msg := op.Progress.Message
+			if op.Status == api.OpRunning && strings.Contains(op.Description, "oving") &&
+				(strings.HasPrefix(msg, "freezing") || strings.HasPrefix(msg, "copying what changed") || strings.HasPrefix(msg, "copying the dump")) {
+				return msg
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no move reached %d%%", percent)
+	t.Fatal("no move reached the freeze")
 	return ""
+}
+
+// logFreeze logs the source's breakdown of a container move's freeze.
+func logFreeze(t *testing.T, h *daemonHarness) {
+	for _, line := range strings.Split(h.log.String(), "\n") {
+		if strings.Contains(line, "container moved") || strings.Contains(line, "every page arrived") {
+			t.Log(line)
+		}
+	}
 }
 
 // A container with an in-memory counter and an established TCP connection moves live from A to B
@@ -77,7 +89,7 @@ func TestMoveContainerLazy(t *testing.T) {
 	// B dies while A holds the container frozen for a lazy move (the capped copy of the dump keeps
 	// it there for a while): A resumes it, the connection carries on, B holds nothing after its restart.
 	done := runMove(a, "c1", "--target", "host-b", "--live", "--lazy", "--bandwidth", "256KiB")
-	t.Logf("killing B at: %s", waitMoveAt(t, a, 50))
+	t.Logf("killing B at: %s", waitFrozen(t, a))
 	b.stop(syscall.SIGKILL)
 	moveFailed(t, done, 2*time.Minute, "lazy move with the destination killed in the freeze")
 	assertStatus(t, a, "c1", api.StatusRunning)
@@ -95,6 +107,7 @@ func TestMoveContainerLazy(t *testing.T) {
 	start := time.Now()
 	out := a.must("move", "c1", "--target", "host-b", "--live", "--lazy")
 	t.Logf("%s (CLI: %v)", strings.TrimSpace(out), time.Since(start).Round(time.Millisecond))
+	logFreeze(t, a)
 	for _, want := range []string{"(lazy)", "frozen", "memory followed in"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the move's report lacks %q: %q", want, out)
@@ -121,6 +134,7 @@ func TestMoveContainerLazy(t *testing.T) {
 	time.Sleep(time.Second)
 	out = b.must("move", "c1", "--target", "host-a", "--live", "--lazy=false")
 	t.Logf("%s", strings.TrimSpace(out))
+	logFreeze(t, b)
 	if !strings.Contains(out, "(live-copy)") || !strings.Contains(out, "lazy pages: not used: turned off") {
 		t.Errorf("the move with lazy pages off: %q", out)
 	}
