@@ -147,7 +147,7 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 		}
 	}()
 	if o.Lazy {
-		if lazy, err = d.startLazyPages(ctx, p, o.Dir, o.PageServerAddr); err != nil {
+		if lazy, err = d.startLazyPages(ctx, h.ID, p, o.Dir, o.PageServerAddr); err != nil {
 			return RestoreStats{}, err
 		}
 	}
