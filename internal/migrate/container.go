@@ -151,7 +151,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	}
 	var pages *pagesLink
 	if lazy { // before the restore: the destination's lazy-pages daemon connects during it
-		if pages, err = joinPages(ctx, o.openTunnel("pages"), dopts.PageServerAddr, o.touch); err != nil {
+		if pages, err = joinPages(ctx, o.openTunnel("pages"), dopts.PageServerAddr, o.bw, o.touch); err != nil {
 			return resume(err)
 		}
 		defer func() { o.sent.Add(pages.sent.Load()) }()

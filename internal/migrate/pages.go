@@ -157,8 +157,9 @@ type pagesLink struct {
 	stop  func() bool
 }
 
-// joinPages opens a tunnel and joins it to the page server at addr. A cancelled ctx cuts it.
-func joinPages(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error), addr string, seen func()) (*pagesLink, error) {
+// joinPages opens a tunnel and joins it to the page server at addr; pages go at most bw bytes per
+// second (0: no cap). A cancelled ctx cuts it.
+func joinPages(ctx context.Context, open func(context.Context) (io.ReadWriteCloser, error), addr string, bw int64, seen func()) (*pagesLink, error) {
 	t, err := open(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("open the pages tunnel: %w", err)
@@ -170,8 +171,12 @@ func joinPages(ctx context.Context, open func(context.Context) (io.ReadWriteClos
 	}
 	l := &pagesLink{conns: [2]io.Closer{c, t}, done: make(chan struct{})}
 	l.stop = context.AfterFunc(ctx, l.cut)
+	var src io.ReadWriteCloser = c
+	if bw > 0 {
+		src = &pacedConn{c: c.(*net.TCPConn), bw: bw, start: time.Now()}
+	}
 	go func() {
-		l.err = splice(c, t, &l.sent, seen)
+		l.err = splice(src, t, &l.sent, seen)
 		l.stop()
 		close(l.done)
 	}()
@@ -194,6 +199,32 @@ func (l *pagesLink) finish(grace time.Duration) error {
 	}
 	return l.err
 }
+
+// pacedConn reads at most bw bytes per second on average (the move's bandwidth cap). It exposes
+// only what splice needs, so that io.Copy cannot bypass Read.
+type pacedConn struct {
+	c     *net.TCPConn
+	bw    int64
+	start time.Time
+	n     int64
+}
+
+func (p *pacedConn) Read(b []byte) (int, error) {
+	if max := int(max(p.bw/10, 4096)); len(b) > max { // small chunks: an even pace
+		b = b[:max]
+	}
+	n, err := p.c.Read(b)
+	p.n += int64(n)
+	due := time.Duration(float64(p.n) / float64(p.bw) * float64(time.Second))
+	if wait := due - time.Since(p.start); wait > 0 {
+		time.Sleep(wait)
+	}
+	return n, err
+}
+
+func (p *pacedConn) Write(b []byte) (int, error) { return p.c.Write(b) }
+func (p *pacedConn) Close() error                { return p.c.Close() }
+func (p *pacedConn) CloseWrite() error           { return p.c.CloseWrite() }
 
 // loopbackAddr returns a free TCP address on this namespace's loopback.
 func loopbackAddr() (string, error) {

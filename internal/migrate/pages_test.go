@@ -70,7 +70,7 @@ func newLink(t *testing.T, ctx context.Context, r *pageRelay, addr string) (*pag
 	src, dst := tcpPair(t)
 	parked := make(chan error, 1)
 	go func() { parked <- r.park(context.Background(), dst) }()
-	l, err := joinPages(ctx, func(context.Context) (io.ReadWriteCloser, error) { return src, nil }, addr, nil)
+	l, err := joinPages(ctx, func(context.Context) (io.ReadWriteCloser, error) { return src, nil }, addr, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,4 +227,21 @@ func TestPagesLinkCutOnCancel(t *testing.T) {
 	}
 	r.Close(0)
 	within(t, 5*time.Second, "park", parked)
+}
+
+// The bandwidth cap paces what the page server sends.
+func TestPacedConn(t *testing.T) {
+	a, b := tcpPair(t)
+	go func() {
+		a.Write(make([]byte, 64<<10))
+		a.Close()
+	}()
+	p := &pacedConn{c: b, bw: 256 << 10, start: time.Now()}
+	n, err := io.Copy(io.Discard, p)
+	if err != nil || n != 64<<10 {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	if took := time.Since(p.start); took < 200*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("64 KiB at 256 KiB/s took %v, want about 250ms", took)
+	}
 }

@@ -2,6 +2,7 @@ package system
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -143,4 +144,86 @@ func TestMoveContainerLazy(t *testing.T) {
 		t.Fatalf("the connection does not echo after the move back: %v", err)
 	}
 	checkContinues(t, a, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
+}
+
+// hogMemory makes the container hold about mib MiB of random data in a process that sleeps as
+// `sleep <tag>`, so that a lazy move has pages to carry.
+func hogMemory(t *testing.T, h *daemonHarness, name string, mib int, tag string) {
+	t.Helper()
+	h.must("exec", name, "--", "sh", "-c", fmt.Sprintf("(dd if=/dev/urandom bs=%dM count=1 | sleep %s) </dev/null >/dev/null 2>&1 &", mib, tag))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := h.tandem("exec", name, "--", "ps", "-o", "rss,args")
+		if strings.Contains(out, fmt.Sprintf("%dm {dd}", mib)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the memory hog does not hold %d MiB: %s", mib, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// hostProcs counts the processes on this machine (all hosts of the lab) running exactly cmdline.
+func hostProcs(cmdline string) int {
+	out, _ := exec.Command("pgrep", "-x", "-f", cmdline).Output()
+	return len(strings.Fields(string(out)))
+}
+
+// B's daemon dies while a lazily moved container's memory is still on A (the move's bandwidth cap
+// stretches the transfer): the move fails, B's copy, whose memory has holes, is killed without
+// B's daemon, and A, which kept every page, resumes with its memory intact.
+func TestMoveContainerLazyDestinationDies(t *testing.T) {
+	cfg := requireLazyMoves(t)
+	l := newLab(t, 2)
+	a, b := l.hosts[0], l.hosts[1]
+	a.must("image", "build", "busybox")
+	launchContainer(t, a, "big", append([]string{"-c", "limits.memory=512MiB"}, cfg...)...)
+	const tag = "100007"
+	hogMemory(t, a, "big", 96, tag)
+
+	done := runMove(a, "big", "--target", "host-b", "--live", "--lazy", "--bandwidth", "8MiB")
+	waitMoveStep(t, a, "memory follows")
+	if n := hostProcs("sleep " + tag); n != 2 {
+		t.Logf("%d copies of the hog run while the memory follows (A frozen, B restored): want 2", n)
+	}
+	b.stop(syscall.SIGKILL)
+	start := time.Now()
+	// B's guard kills B's copy at once, without B's daemon; A's frozen copy stays.
+	for hostProcs("sleep "+tag) != 1 {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%d copies of the hog run 10s after B's daemon died, want 1 (A's, frozen)", hostProcs("sleep "+tag))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("B's copy was killed %v after its daemon", time.Since(start).Round(time.Millisecond))
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the move succeeded with its destination killed mid-transfer")
+		}
+		if !strings.Contains(err.Error(), "memory transfer") {
+			t.Errorf("the move's error does not say the memory transfer failed: %v", err)
+		}
+		t.Logf("move failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the move did not end within 2m")
+	}
+	if n := hostProcs("sleep " + tag); n != 1 {
+		t.Errorf("%d copies of the hog run after the failed move, want 1 (A's)", n)
+	}
+	assertStatus(t, a, "big", api.StatusRunning)
+	if out := a.must("exec", "big", "--", "ps", "-o", "rss,args"); !strings.Contains(out, "96m {dd}") {
+		t.Errorf("A's memory hog lost its memory: %s", out)
+	}
+	before, _, _ := a.tandem("console", "big", "--show-log")
+	time.Sleep(2 * time.Second)
+	after, _, _ := a.tandem("console", "big", "--show-log")
+	if nb, na := numbers(ctCountRE, before), numbers(ctCountRE, after); len(na) <= len(nb) {
+		t.Errorf("the counter stopped on A: %d lines, then %d", len(nb), len(na))
+	}
+	b.start()
+	if hasInstance(t, b, "big") {
+		t.Error("B holds big after its restart")
+	}
 }
