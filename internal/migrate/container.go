@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"tandem/api"
-	"tandem/internal/driver"
 	"tandem/internal/driver/container"
 	"tandem/internal/errdefs"
 )
@@ -107,6 +106,12 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		}
 	}
 	_, err = cd.Dump(ctx, h, dopts)
+	if lazy && errors.Is(err, errdefs.ErrUnavailable) && !o.lazyRequired() {
+		// Refused before anything froze (e.g. a container started before lazy dumps existed).
+		lazy, dopts.Lazy, dopts.PageServerAddr, o.result.Mode = false, false, "", "live-copy"
+		o.result.Notes = append(o.result.Notes, "lazy pages: not used: "+err.Error())
+		_, err = cd.Dump(ctx, h, dopts)
+	}
 	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
 	if err != nil {
 		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
@@ -129,7 +134,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		return cause
 	}
 	dumped := time.Now()
-	if o.shared != "" && !lazy { // the destination mounts the shared root image alone
+	if o.shared != "" { // the destination mounts the shared root image alone
 		if err := cd.UnmountRoot(ctx, h); err != nil {
 			return resume(err)
 		}
@@ -215,10 +220,11 @@ func (o *outgoing) lazyRefusalHere(cd containerMover) string {
 	if why := cd.LazyDumpRefusal(); why != "" {
 		return "this host cannot serve pages: " + why
 	}
-	if r := o.rec.Handle.Spec.Root; o.shared != "" && r != nil && r.Format == driver.RootExt4 {
-		// The frozen source keeps its root mounted until every page has crossed, and two kernels
-		// must never mount one ext4 image.
-		return "the root is an ext4 image on a shared pool, which only one host may mount at a time"
+	if o.shared != "" {
+		// A destination copy that fails mid-transfer is dropped and the source resumes where it
+		// froze: sound only when the copy's writes go with it (a copied root). A shared root would
+		// keep them (and an ext4 image would be mounted by both hosts while the source is frozen).
+		return "the root is on a shared pool: the source could not resume safely after a destination that ran and failed mid-transfer"
 	}
 	return ""
 }

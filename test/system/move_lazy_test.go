@@ -144,6 +144,7 @@ func TestMoveContainerLazy(t *testing.T) {
 		t.Fatalf("the connection does not echo after the move back: %v", err)
 	}
 	checkContinues(t, a, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
+	a.must("delete", "--force", "c1") // containers outlive their daemon
 }
 
 // hogMemory makes the container hold about mib MiB of random data in a process that sleeps as
@@ -179,7 +180,7 @@ func TestMoveContainerLazyDestinationDies(t *testing.T) {
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")
 	launchContainer(t, a, "big", append([]string{"-c", "limits.memory=512MiB"}, cfg...)...)
-	const tag = "100007"
+	tag := strconv.FormatInt(100000+time.Now().UnixNano()/1000%800000, 10) // this run's hog
 	hogMemory(t, a, "big", 96, tag)
 
 	done := runMove(a, "big", "--target", "host-b", "--live", "--lazy", "--bandwidth", "8MiB")
@@ -226,4 +227,5 @@ func TestMoveContainerLazyDestinationDies(t *testing.T) {
 	if hasInstance(t, b, "big") {
 		t.Error("B holds big after its restart")
 	}
+	a.must("delete", "--force", "big") // containers outlive their daemon
 }
