@@ -57,7 +57,8 @@ func newMoveCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Target, "target", "", "remote to move to (tandem remote add)")
 	cmd.Flags().BoolVar(&req.Live, "live", false, "move a running instance without stopping it")
-	cmd.Flags().BoolVar(&lazy, "lazy", true, "live containers: post-copy memory when both hosts can (false: never; given: required)")
+	// Three states: absent (automatic), --lazy (required), --lazy=false (never).
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "live containers: post-copy memory, automatic when both hosts can; --lazy requires it, --lazy=false turns it off")
 	cmd.Flags().StringVar(&bandwidth, "bandwidth", "", "cap the transfer, bytes per second (e.g. 50MiB)")
 	cmd.MarkFlagRequired("target")
 	return cmd
