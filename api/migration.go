@@ -13,6 +13,10 @@ type InstanceMovePost struct {
 	Live bool `json:"live,omitempty"`
 	// MaxBandwidth caps the transfer (rsync, disk mirror, RAM) in bytes/s; 0: no cap.
 	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// Lazy is for live container moves: post-copy (the container runs on the target while its
+	// memory follows). nil: whenever both hosts can; false: never; true: required (the move is
+	// refused, with the reason, when the hosts cannot).
+	Lazy *bool `json:"lazy,omitempty"`
 }
 
 // InstanceCopyPost is the body of POST /1.0/instances/NAME/copy: a new, stopped instance with the
@@ -76,6 +80,9 @@ type MigrationRestorePost struct {
 	// DumpDir is where a container's dump is when both hosts see it (shared storage); empty: the
 	// destination's copy of it.
 	DumpDir string `json:"dump_dir,omitempty"`
+	// Lazy restores a container with its memory still on the source: the destination's
+	// lazy-pages daemon pulls it through the "pages" tunnels the source opened.
+	Lazy bool `json:"lazy,omitempty"`
 }
 
 // Migration states on the destination.
@@ -95,6 +102,8 @@ type MigrationInfo struct {
 	Rootfs string `json:"rootfs,omitempty"`
 	// Modes lists the container migration modes the destination offers (lazy, predump).
 	Modes []string `json:"modes,omitempty"`
+	// Notes say why the destination does not offer a mode for this instance.
+	Notes []string `json:"notes,omitempty"`
 	Error string   `json:"error,omitempty"`
 	// RestoreMillis is how long the destination took to restore or resume the instance.
 	RestoreMillis int64 `json:"restore_ms,omitempty"`
@@ -106,6 +115,8 @@ type MigrationResult struct {
 	TotalMillis int64  `json:"total_ms"`
 	// FreezeMillis: a container's freeze (dump to running on the destination).
 	FreezeMillis int64 `json:"freeze_ms,omitempty"`
+	// PagesMillis: a lazy move's memory transfer, from the restore to the last page.
+	PagesMillis int64 `json:"pages_ms,omitempty"`
 	// DowntimeMillis: a VM's downtime as QEMU measured it.
 	DowntimeMillis int64 `json:"downtime_ms,omitempty"`
 	BytesSent      int64 `json:"bytes_sent,omitempty"`

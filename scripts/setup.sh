@@ -5,7 +5,8 @@
 #   2. CRIU 4.1.1 built from Debian's source tarball plus scripts/patches/criu-4.1.1-*.patch,
 #      as /usr/local/sbin/criu (bookworm's own criu 3.17 is too old and is not installed);
 #   3. the VM guest kernel: Debian's bookworm linux-image package, unpacked (never installed) into
-#      /usr/local/share/tandem/guest/ with vmlinuz, an uncompressed PVH-bootable vmlinux and the modules.
+#      /usr/local/share/tandem/guest/ with vmlinuz, an uncompressed PVH-bootable vmlinux and the modules;
+#   4. fs.pipe-max-size >= 4 MiB (now and in /etc/sysctl.d/60-tandem.conf) for lazy container moves.
 # A second run only checks (a few seconds): nothing is downloaded or rebuilt when what is there is current.
 #
 # Usage: scripts/setup.sh [--check]     --check also runs scripts/check-criu.sh and scripts/check-guest-boot.sh
@@ -342,11 +343,30 @@ tun_device() {
 	fi
 }
 
+# ---------------------------------------------------------------------------------------------------
+# Lazy (post-copy) container moves: CRIU's page server on the source asks for a 4 MiB pipe, and tandemd
+# runs without CAP_SYS_RESOURCE on these hosts, so fs.pipe-max-size must allow it (CRIU 4.1.1 otherwise
+# fails every page transfer; tandem then moves without lazy pages and says why). Raised, never lowered,
+# and kept across reboots. vm.unprivileged_userfaultfd (lazy restore of containers with a user
+# namespace) is left to the operator: it widens what unprivileged users may do with userfaultfd.
+PIPE_MAX_SIZE=4194304
+lazy_sysctls() {
+	local cur conf=/etc/sysctl.d/60-tandem.conf
+	cur=$(cat /proc/sys/fs/pipe-max-size)
+	[ "$cur" -ge $PIPE_MAX_SIZE ] && return 0
+	log "fs.pipe-max-size: $cur -> $PIPE_MAX_SIZE (CRIU's lazy page server), also in $conf"
+	echo $PIPE_MAX_SIZE >/proc/sys/fs/pipe-max-size || die "cannot raise fs.pipe-max-size"
+	mkdir -p "$(dirname "$conf")"
+	printf '%s\n' "# tandem (scripts/setup.sh): CRIU's lazy page server needs a 4 MiB pipe" \
+		"fs.pipe-max-size = $PIPE_MAX_SIZE" >"$conf"
+}
+
 preflight
 install_packages
 install_criu
 install_guest_kernel
 tun_device
+lazy_sysctls
 if [ $CHECK = 1 ]; then
 	log "CRIU check (scripts/check-criu.sh)"
 	bash "$HERE/check-criu.sh"

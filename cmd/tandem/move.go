@@ -16,13 +16,19 @@ func init() { register(newMoveCmd) }
 func newMoveCmd(a *app) *cobra.Command {
 	var req api.InstanceMovePost
 	var bandwidth string
+	var lazy bool
 	cmd := &cobra.Command{
-		Use:   "move INSTANCE --target REMOTE [--live] [--bandwidth 50MiB]",
+		Use:   "move INSTANCE --target REMOTE [--live] [--lazy=false] [--bandwidth 50MiB]",
 		Short: "Move an instance to another host, keeping its name, MAC and addresses",
 		Long: "Move a stopped instance (cold), or with --live a running one without stopping it. The\n" +
-			"instance's root is copied unless it is on a shared pool; --bandwidth caps the transfer per second.",
+			"instance's root is copied unless it is on a shared pool; --bandwidth caps the transfer per second.\n" +
+			"A live container moves post-copy (lazy pages: it runs on the target while its memory follows)\n" +
+			"whenever both hosts can; --lazy=false turns that off, --lazy requires it.",
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("lazy") {
+				req.Lazy = &lazy
+			}
 			var err error
 			if req.MaxBandwidth, err = parseBandwidth(bandwidth); err != nil {
 				return err
@@ -48,6 +54,8 @@ func newMoveCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&req.Target, "target", "", "remote to move to (tandem remote add)")
 	cmd.Flags().BoolVar(&req.Live, "live", false, "move a running instance without stopping it")
+	// Three states: absent (automatic), --lazy (required), --lazy=false (never).
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "live containers: post-copy memory, automatic when both hosts can; --lazy requires it, --lazy=false turns it off")
 	cmd.Flags().StringVar(&bandwidth, "bandwidth", "", "cap the transfer, bytes per second (e.g. 50MiB)")
 	cmd.MarkFlagRequired("target")
 	return cmd
@@ -75,6 +83,9 @@ func describeMove(name, target string, op *api.Operation) string {
 	s := fmt.Sprintf("Moved %s to %s (%s) in %s", name, target, res.Mode, ms(res.TotalMillis))
 	if res.FreezeMillis > 0 {
 		s += ", frozen " + ms(res.FreezeMillis)
+	}
+	if res.PagesMillis > 0 {
+		s += ", memory followed in " + ms(res.PagesMillis)
 	}
 	if res.DowntimeMillis > 0 {
 		s += ", downtime " + ms(res.DowntimeMillis)

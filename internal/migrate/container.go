@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"tandem/api"
 	"tandem/internal/driver/container"
+	"tandem/internal/errdefs"
 )
 
 // moveContainer follows internal/driver/container/MIGRATION.md: the rootfs goes while the
@@ -28,18 +31,33 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		if !f.CRIU {
 			return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
 		}
-		// Pre-dump and lazy pages would shorten the freeze of a container with much memory; say
-		// why they did not run.
-		o.result.Notes = append(o.result.Notes, f.Notes...)
-		if f.LazyDump {
-			o.result.Notes = append(o.result.Notes, "lazy pages: not used for moves yet (the page server is not tunnelled)")
+		// Pre-dump would shorten the freeze of a container with much memory: say why it did not
+		// run. Lazy pages get a line of their own below.
+		o.result.Notes = append(o.result.Notes, withoutLazy(f.Notes)...)
+		if why := o.lazyRefusalHere(cd); why != "" && o.lazyRequired() {
+			return errdefs.Unavailable("lazy pages were asked for: %s", why)
 		}
 	}
 	root := cd.RootfsPath(h)
 	needs(ctx, o.rec, o.drv, o.live, root, &post)
 	o.step(5, "preparing "+o.remote)
-	if err := o.prepare(ctx, post); err != nil {
+	info, err := o.prepare(ctx, post)
+	if err != nil {
 		return err
+	}
+	lazy := false
+	if o.live {
+		why := o.lazyRefusalHere(cd)
+		if why == "" {
+			why = o.lazyRefusalThere(info)
+		}
+		if why != "" && o.lazyRequired() {
+			o.abortRemote()
+			return errdefs.Unavailable("lazy pages were asked for: %s", why)
+		}
+		if lazy = why == ""; !lazy {
+			o.result.Notes = append(o.result.Notes, "lazy pages: not used: "+why)
+		}
 	}
 	if o.shared == "" {
 		if err := o.rsync(ctx, root, "rootfs", 5, 45, "copying the root filesystem"); err != nil {
@@ -70,13 +88,30 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	if o.shared != "" {
 		o.result.Mode = "live-shared"
 	}
+	if lazy {
+		o.result.Mode = "lazy"
+	}
 	// The dump is copied even with a shared root: it is small, and the hosts need not mount the
 	// shared pool at the same path.
 	dumpDir := filepath.Join(o.e.Dir, "outgoing", o.id)
 	defer os.RemoveAll(dumpDir)
 	o.step(50, "freezing and dumping")
 	frozen := time.Now()
-	_, err = cd.Dump(ctx, h, container.DumpOpts{Dir: dumpDir, TCPEstablished: true})
+	dopts := container.DumpOpts{Dir: dumpDir, TCPEstablished: true, Lazy: lazy}
+	if lazy { // the page server answers on this daemon's loopback; the destination comes through a tunnel
+		if dopts.PageServerAddr, err = loopbackAddr(); err != nil {
+			o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
+			o.abortRemote()
+			return err
+		}
+	}
+	_, err = cd.Dump(ctx, h, dopts)
+	if lazy && errors.Is(err, errdefs.ErrUnavailable) && !o.lazyRequired() {
+		// Refused before anything froze (e.g. a container started before lazy dumps existed).
+		lazy, dopts.Lazy, dopts.PageServerAddr, o.result.Mode = false, false, "", "live-copy"
+		o.result.Notes = append(o.result.Notes, "lazy pages: not used: "+err.Error())
+		_, err = cd.Dump(ctx, h, dopts)
+	}
 	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
 	if err != nil {
 		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
@@ -119,22 +154,107 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	if err := errors.Join(rootErr, dumpErr); err != nil {
 		return resume(err)
 	}
+	var pages *pagesLink
+	if lazy { // before the restore: the destination's lazy-pages daemon connects during it
+		if pages, err = joinPages(ctx, o.openTunnel("pages"), dopts.PageServerAddr, o.bw, o.touch); err != nil {
+			return resume(err)
+		}
+		defer func() { o.sent.Add(pages.sent.Load()) }()
+	}
 	copied := time.Now()
 	o.step(88, "restoring on "+o.remote)
-	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
+	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{Lazy: lazy}); !ran {
+		if pages != nil {
+			pages.cut()
+		}
 		return resume(err)
 	}
 	o.e.Instances.LetRootGo(o.rec.Name) // the destination takes the root's lease at the commit
 	o.result.FreezeMillis = time.Since(frozen).Milliseconds()
 	slog.Info("container moved: freeze", "instance", o.rec.Name, "dump", dumped.Sub(frozen).Round(time.Millisecond),
 		"copy", copied.Sub(dumped).Round(time.Millisecond), "restore", time.Since(copied).Round(time.Millisecond))
+	if lazy {
+		if err := o.awaitPages(ctx, cd, pages); err != nil {
+			return resume(err)
+		}
+	}
 	if err := o.commitRemote(ctx); err != nil {
 		return o.undecidedOr(err, func() error { return resume(err) })
 	}
 	if err := cd.CommitDump(context.WithoutCancel(ctx), h); err != nil {
 		return fmt.Errorf("the instance runs on %s; %w", o.remote, err)
 	}
+	if pages != nil {
+		pages.finish(5 * time.Second) // the destination's lazy-pages daemon got its last answer
+	}
 	return o.releaseContainer(ctx, cd, dumpDir)
+}
+
+// awaitPages waits, after a lazy restore, until the destination has pulled every page. Until then
+// the destination does not own the instance: on failure (the link died, it went away, the move was
+// cancelled) it is made to drop its copy, whose memory has holes, before the source, which kept
+// every page frozen, resumes. The destination's copy ran meanwhile: what it wrote to a copied root
+// is dropped with it.
+func (o *outgoing) awaitPages(ctx context.Context, cd containerMover, pages *pagesLink) error {
+	o.step(92, "memory follows to "+o.remote)
+	start := time.Now()
+	err := o.transfer(func() error { return cd.WaitLazyPages(ctx, o.rec.Handle) })
+	if err != nil {
+		pages.cut()
+		o.dropRemote()
+		return fmt.Errorf("the memory transfer to %s failed before every page had arrived: %w", o.remote, err)
+	}
+	o.result.PagesMillis = time.Since(start).Milliseconds()
+	slog.Info("lazy move: every page arrived", "instance", o.rec.Name, "took", time.Since(start).Round(time.Millisecond),
+		"bytes", pages.sent.Load())
+	return nil
+}
+
+func (o *outgoing) lazyRequired() bool { return o.lazy != nil && *o.lazy }
+
+// lazyRefusalHere says why this host or this request rules out a lazy move ("" if nothing does).
+func (o *outgoing) lazyRefusalHere(cd containerMover) string {
+	if o.lazy != nil && !*o.lazy {
+		return "turned off for this move (lazy: false)"
+	}
+	if why := cd.LazyDumpRefusal(); why != "" {
+		return "this host cannot serve pages: " + why
+	}
+	if o.shared != "" {
+		// A destination copy that fails mid-transfer is dropped and the source resumes where it
+		// froze: sound only when the copy's writes go with it (a copied root). A shared root would
+		// keep them (and an ext4 image would be mounted by both hosts while the source is frozen).
+		return "the root is on a shared pool: the source could not resume safely after a destination that ran and failed mid-transfer"
+	}
+	return ""
+}
+
+// lazyRefusalThere says why the destination rules out a lazy move ("" if it offers one).
+func (o *outgoing) lazyRefusalThere(info *api.MigrationInfo) string {
+	if slices.Contains(info.Modes, "lazy") {
+		return ""
+	}
+	var why []string
+	for _, n := range info.Notes {
+		if s, ok := strings.CutPrefix(n, "lazy pages: "); ok {
+			why = append(why, s)
+		}
+	}
+	if len(why) == 0 {
+		return o.remote + " does not offer it"
+	}
+	return o.remote + ": " + strings.Join(why, "; ")
+}
+
+// withoutLazy drops the features' notes about lazy pages (the move says once whether and why).
+func withoutLazy(notes []string) []string {
+	var out []string
+	for _, n := range notes {
+		if !strings.Contains(n, "lazy") {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // releaseContainer drops the source's copy once the destination has it.

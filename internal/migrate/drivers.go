@@ -17,6 +17,10 @@ type containerMover interface {
 	UnmountRoot(ctx context.Context, h *driver.Handle) error
 	MigrationFeatures(ctx context.Context) container.MigrationFeatures
 	RootTree(ctx context.Context, h *driver.Handle) (dir string, release func() error, err error)
+	// Lazy (post-copy) moves.
+	LazyDumpRefusal() string
+	LazyRestoreRefusal(h *driver.Handle) string
+	WaitLazyPages(ctx context.Context, h *driver.Handle) error
 }
 
 // What this package needs of the VM driver.

@@ -10,6 +10,8 @@
 //   - The destination runs a restored instance only until the source commits; without a commit
 //     within CommitTimeout (a cut link, a dead source) it drops it. A source that lost the answer
 //     to its restore call waits that long before it resumes, so there are never two copies.
+//   - A lazy (post-copy) container move commits only once the destination has every page
+//     (pages.go); until then it counts as not running there, and a failure drops it there.
 //   - Both keep the state of a migration in their records, so a daemon that dies mid-way settles
 //     it at its next start (recover.go).
 package migrate

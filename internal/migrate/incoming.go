@@ -33,8 +33,47 @@ type incoming struct {
 	status     string
 	in         *instance.Incoming
 	restoredAt time.Time
+	lazy       bool         // restored with its memory still on the source
 	lastActive atomic.Int64 // unix nanoseconds
 	stop       chan struct{}
+
+	pagesMu    sync.Mutex
+	pages      *pageRelay // lazy moves: joins the lazy-pages daemon to the source's tunnels
+	pagesEnded bool       // the migration ended: no relay any more
+}
+
+// relay returns the migration's page relay, started on first use (a tunnel or the restore may
+// come first).
+func (c *incoming) relay() (*pageRelay, error) {
+	c.pagesMu.Lock()
+	defer c.pagesMu.Unlock()
+	if c.pagesEnded {
+		return nil, errRelayClosed
+	}
+	if c.pages == nil {
+		r, err := newPageRelay(c.touch)
+		if err != nil {
+			return nil, err
+		}
+		c.pages = r
+	}
+	return c.pages, nil
+}
+
+// closeRelay ends the page relay: at once, unless the move committed (every page arrived then;
+// the lazy-pages daemon's last exchange may still be under way).
+func (c *incoming) closeRelay(committed bool) {
+	c.pagesMu.Lock()
+	defer c.pagesMu.Unlock()
+	c.pagesEnded = true
+	if c.pages == nil {
+		return
+	}
+	grace := time.Duration(0)
+	if committed {
+		grace = pagesGrace
+	}
+	c.pages.Close(grace)
 }
 
 func (c *incoming) touch() { c.lastActive.Store(time.Now().UnixNano()) }
@@ -112,9 +151,6 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		if c.post.Live && !f.CRIU {
 			return nil, errdefs.Unavailable("this host cannot restore a running container: %v", f.Notes)
 		}
-		if f.LazyPages {
-			info.Modes = append(info.Modes, "lazy")
-		}
 		if f.PreDump {
 			info.Modes = append(info.Modes, "predump")
 		}
@@ -124,6 +160,13 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		}
 		if err := cd.Adopt(ctx, h, containerAdoptOpts(root)); err != nil {
 			return nil, err
+		}
+		if c.post.Live { // adopted: the driver knows the container's user namespace now
+			if why := cd.LazyRestoreRefusal(h); why == "" {
+				info.Modes = append(info.Modes, "lazy")
+			} else {
+				info.Notes = append(info.Notes, "lazy pages: "+why)
+			}
 		}
 		info.Rootfs = cd.RootfsPath(h)
 		switch {
@@ -189,8 +232,14 @@ func (e *Engine) Status(id string) (*api.MigrationInfo, error) {
 	if ok {
 		c.touch()
 		c.mu.Lock()
-		defer c.mu.Unlock()
-		return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: c.status}, nil
+		status := c.status
+		c.mu.Unlock()
+		if status != api.MigrationAborted && status != api.MigrationCommitted {
+			return &api.MigrationInfo{ID: id, Name: c.post.Name, Status: status}, nil
+		}
+		e.mu.Lock() // it ended while we waited: its record says how
+		f, ended = e.finished[id]
+		e.mu.Unlock()
 	}
 	if ended {
 		return &api.MigrationInfo{ID: id, Status: f.status, Error: f.err}, nil
@@ -227,8 +276,17 @@ func (e *Engine) Tunnel(ctx context.Context, id, to string, conn io.ReadWriteClo
 			return errdefs.Unavailable("migration %s: %s endpoint: %v", id, to, err)
 		}
 		return splice(conn, local, nil, c.touch)
+	case "pages":
+		if c.post.Type != api.TypeContainer || !c.post.Live {
+			return errdefs.Invalid("migration %s has no memory to pull", id)
+		}
+		r, err := c.relay()
+		if err != nil {
+			return err
+		}
+		return r.park(ctx, conn)
 	}
-	return errdefs.Invalid("tunnel to %q: want rootfs, dump, migration or nbd", to)
+	return errdefs.Invalid("tunnel to %q: want rootfs, dump, migration, nbd or pages", to)
 }
 
 // activeConn marks its migration active on every read.
@@ -287,13 +345,49 @@ func (e *Engine) restore(ctx context.Context, c *incoming, req api.MigrationRest
 			}
 			dir = req.DumpDir
 		}
-		_, err := cd.Restore(ctx, h, containerRestoreOpts(dir))
-		return err
+		opts := containerRestoreOpts(dir)
+		if req.Lazy {
+			r, err := c.relay()
+			if err != nil {
+				return err
+			}
+			opts.Lazy, opts.PageServerAddr = true, r.Addr()
+		}
+		stats, err := cd.Restore(ctx, h, opts)
+		if err != nil {
+			return err
+		}
+		if req.Lazy {
+			c.lazy = true
+			go e.watchLazy(c, stats.LazyDone)
+		}
+		return nil
 	case api.TypeVM:
 		vd, _ := vmOf(c.in.Driver)
 		return vd.FinishIncoming(ctx, h)
 	}
 	return nil
+}
+
+// watchLazy follows a lazy restore's memory transfer. A transfer that fails before the commit
+// leaves a copy with holes in its memory: it is dropped at once (the source, which kept every
+// page, resumes its own). The source commits only after every page arrived, so a failure after
+// the commit can only be the last exchange with the page server: the container has its memory.
+func (e *Engine) watchLazy(c *incoming, done <-chan error) {
+	if done == nil {
+		return
+	}
+	err := <-done
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		slog.Info("lazy move: every page arrived", "instance", c.post.Name, "migration", c.id)
+	case c.status == api.MigrationCommitted:
+		slog.Warn("lazy move: the lazy-pages daemon failed after every page had arrived", "instance", c.post.Name, "err", err)
+	default:
+		e.abortLocked(c, fmt.Errorf("the memory transfer failed: %w", err))
+	}
 }
 
 // Commit makes the instance this host's.
@@ -379,6 +473,7 @@ func (e *Engine) dropDriver(ctx context.Context, c *incoming) {
 // end retires c with its final status.
 func (e *Engine) end(c *incoming, status, msg string) {
 	c.status = status
+	c.closeRelay(status == api.MigrationCommitted)
 	os.RemoveAll(c.dir)
 	os.RemoveAll(c.run)
 	e.mu.Lock()
@@ -411,7 +506,8 @@ func (e *Engine) watch(c *incoming) {
 		switch {
 		case c.status == api.MigrationPreparing && idle > IdleTimeout:
 			e.abortLocked(c, fmt.Errorf("no word from the source for %s", idle.Round(time.Second)))
-		case c.status == api.MigrationRunning && time.Since(c.restoredAt) > CommitTimeout:
+		case c.status == api.MigrationRunning && time.Since(c.restoredAt) > CommitTimeout && (!c.lazy || idle > CommitTimeout):
+			// A lazy copy waits for its pages as long as they come (the source commits after).
 			e.abortLocked(c, fmt.Errorf("the source did not commit within %s", CommitTimeout))
 		}
 		c.mu.Unlock()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +32,11 @@ type fakeMover struct {
 	mu          sync.Mutex
 	calls       []string
 	failRestore error
+	// Lazy restores: lazyRefusal is the driver's refusal; a lazy Restore dials the page server
+	// address it was given (as CRIU's lazy-pages daemon does) and hands the connection over.
+	lazyRefusal string
+	lazyConn    chan net.Conn
+	lazyDone    chan error
 }
 
 func (f *fakeMover) record(call string) {
@@ -59,7 +67,16 @@ func (f *fakeMover) Restore(ctx context.Context, h *driver.Handle, o container.R
 	if f.failRestore != nil {
 		return container.RestoreStats{}, f.failRestore
 	}
-	return container.RestoreStats{}, f.Driver.Start(ctx, h)
+	var stats container.RestoreStats
+	if o.Lazy {
+		c, err := net.Dial("tcp", o.PageServerAddr)
+		if err != nil {
+			return stats, err
+		}
+		f.lazyConn <- c
+		stats.LazyDone = f.lazyDone
+	}
+	return stats, f.Driver.Start(ctx, h)
 }
 func (f *fakeMover) Delete(ctx context.Context, h *driver.Handle) error {
 	f.record("delete")
@@ -80,6 +97,9 @@ func (f *fakeMover) RootTree(_ context.Context, h *driver.Handle) (string, func(
 	dir := f.RootfsPath(h)
 	return dir, func() error { f.record("release-tree"); return nil }, os.MkdirAll(dir, 0o755)
 }
+func (f *fakeMover) LazyDumpRefusal() string                             { return "fake" }
+func (f *fakeMover) LazyRestoreRefusal(*driver.Handle) string            { return f.lazyRefusal }
+func (f *fakeMover) WaitLazyPages(context.Context, *driver.Handle) error { return nil }
 func (f *fakeMover) MigrationFeatures(context.Context) container.MigrationFeatures {
 	return container.MigrationFeatures{CRIU: true}
 }
@@ -103,7 +123,8 @@ func newDest(t *testing.T) *destHarness {
 	ops := operations.NewManager(st, hub)
 	t.Cleanup(func() { ops.Shutdown(5 * time.Second) })
 	fd, _ := fake.New(fake.Options{Dir: filepath.Join(dir, "fake")})
-	drv := &fakeMover{Driver: fd, dir: filepath.Join(dir, "roots")}
+	drv := &fakeMover{Driver: fd, dir: filepath.Join(dir, "roots"), lazyRefusal: "CRIU has no userfaultfd support on this kernel",
+		lazyConn: make(chan net.Conn, 1), lazyDone: make(chan error, 1)}
 	reg := driver.NewRegistry()
 	reg.Register("fake", drv, api.TypeContainer)
 	m := instance.NewManager(st, reg, ops, hub, nil)
@@ -328,5 +349,91 @@ func TestIncomingColdAbortDeletes(t *testing.T) {
 	}
 	if n := d.records(t); n != 0 {
 		t.Fatalf("%d records left", n)
+	}
+}
+
+// A destination that can restore lazily offers it; one that cannot says why.
+func TestPrepareOffersLazy(t *testing.T) {
+	d := newDest(t)
+	info, err := d.e.Prepare(context.Background(), validPost(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Modes) != 0 || len(info.Notes) != 1 || info.Notes[0] != "lazy pages: CRIU has no userfaultfd support on this kernel" {
+		t.Fatalf("modes %v notes %v", info.Modes, info.Notes)
+	}
+	d2 := newDest(t)
+	d2.drv.lazyRefusal = ""
+	if info, err = d2.e.Prepare(context.Background(), validPost(t)); err != nil || len(info.Modes) != 1 || info.Modes[0] != "lazy" {
+		t.Fatalf("modes %+v %v", info, err)
+	}
+}
+
+// A lazy restore: the lazy-pages daemon's connection reaches the tunnel the source parked; while
+// pages flow the watchdog keeps the copy past CommitTimeout; a failed transfer before the commit
+// drops it.
+func TestIncomingLazyRestore(t *testing.T) {
+	defer func(c time.Duration) { CommitTimeout = c }(CommitTimeout)
+	CommitTimeout = time.Second
+	d := newDest(t)
+	d.drv.lazyRefusal = ""
+	ctx := context.Background()
+	p := validPost(t)
+	if _, err := d.e.Prepare(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := tcpPair(t)
+	tunnel := make(chan error, 1)
+	go func() { tunnel <- d.e.Tunnel(ctx, p.ID, "pages", dst) }()
+	if _, err := d.e.Restore(ctx, p.ID, api.MigrationRestorePost{Lazy: true}); err != nil {
+		t.Fatal(err)
+	}
+	daemon := <-d.drv.lazyConn
+	defer daemon.Close()
+	// Pages flow for three CommitTimeouts: the copy stays.
+	go io.Copy(io.Discard, src)
+	for i := 0; i < 15; i++ {
+		if _, err := daemon.Write([]byte("get page\n")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st, _ := d.e.Status(p.ID); st.Status != api.MigrationRunning {
+		t.Fatalf("a lazy copy receiving pages was dropped: %+v", st)
+	}
+	d.drv.lazyDone <- errors.New("criu lazy-pages: page server hung up")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, _ := d.e.Status(p.ID); st != nil && st.Status == api.MigrationAborted {
+			if !strings.Contains(st.Error, "memory transfer failed") {
+				t.Errorf("status %+v", st)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a copy whose memory transfer failed was not dropped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d.records(t) != 0 || d.drv.Count() != 0 {
+		t.Fatalf("left: %d records, %d fake instances", d.records(t), d.drv.Count())
+	}
+	select { // the relay is closed: the parked tunnel's handler returns
+	case <-tunnel:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pages tunnel outlived the migration")
+	}
+}
+
+func TestTunnelPagesOnlyForLiveContainers(t *testing.T) {
+	d := newDest(t)
+	p := validPost(t)
+	p.Live = false
+	if _, err := d.e.Prepare(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	_, dst := tcpPair(t)
+	if err := d.e.Tunnel(context.Background(), p.ID, "pages", dst); err == nil {
+		t.Fatal("a cold move took a pages tunnel")
 	}
 }

@@ -37,6 +37,7 @@ type outgoing struct {
 	rec    *store.InstanceRecord
 	drv    driver.Driver
 	live   bool
+	lazy   *bool  // the request's choice of post-copy: nil automatic
 	shared string // the root's path when both hosts see it; "" to copy it
 	bw     int64
 	run    string // unix sockets of the forwarders
@@ -82,6 +83,9 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 	if req.MaxBandwidth < 0 {
 		return nil, errdefs.Invalid("max_bandwidth %d: want bytes per second, or 0 for no cap", req.MaxBandwidth)
 	}
+	if req.Lazy != nil && *req.Lazy && !req.Live {
+		return nil, errdefs.Invalid("lazy pages move a running container: add live")
+	}
 	cl, err := e.remote(req.Target)
 	if err != nil {
 		return nil, err
@@ -100,6 +104,8 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 			return errdefs.Conflict("instance %q is %s: --live moves a running instance", name, status)
 		case !req.Live && status != api.StatusStopped:
 			return errdefs.Conflict("instance %q is %s: stop it first, or move it --live", name, status)
+		case rec.Type == api.TypeVM && req.Lazy != nil && *req.Lazy:
+			return errdefs.Invalid("lazy pages are for containers: a VM moves with QEMU's pre-copy")
 		}
 		return instance.CheckNoVolumes(rec)
 	}
@@ -110,6 +116,7 @@ func (e *Engine) Move(ctx context.Context, name string, req api.InstanceMovePost
 				return err
 			}
 			defer done()
+			o.lazy = req.Lazy
 			err = o.drive(ctx, o.move)
 			if err == nil {
 				op.Progress(100, "moved to "+req.Target)
@@ -182,16 +189,17 @@ func (o *outgoing) move(ctx context.Context) error {
 func (o *outgoing) step(percent int, msg string) { o.op.Progress(percent, msg) }
 
 // prepare sends the handle and asks the destination to get ready; it refuses with its reason.
-func (o *outgoing) prepare(ctx context.Context, post api.MigrationPost) error {
+func (o *outgoing) prepare(ctx context.Context, post api.MigrationPost) (*api.MigrationInfo, error) {
 	h, err := json.Marshal(o.rec.Handle)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	post.Handle = h
-	if _, err := o.cl.PrepareMigration(ctx, post); err != nil {
-		return fmt.Errorf("%s refused the instance: %w", o.remote, err)
+	info, err := o.cl.PrepareMigration(ctx, post)
+	if err != nil {
+		return nil, fmt.Errorf("%s refused the instance: %w", o.remote, err)
 	}
-	return nil
+	return info, nil
 }
 
 // abortRemote makes the destination drop what it has (best effort: its watchdog does it anyway).
@@ -203,11 +211,31 @@ func (o *outgoing) abortRemote() {
 	}
 }
 
+// dropRemote makes sure the destination no longer runs an uncommitted instance before the source
+// resumes its own: it asks it to drop it and, while it cannot be reached, waits until its
+// watchdog must have (CommitTimeout without a word from the source).
+func (o *outgoing) dropRemote() {
+	deadline := time.Now().Add(CommitTimeout + 5*time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := o.cl.AbortMigration(ctx, o.id)
+		cancel()
+		if err == nil || client.IsStatus(err, http.StatusNotFound) || time.Now().After(deadline) {
+			return
+		}
+		slog.Warn("the destination does not answer the abort; waiting until it must have dropped the instance", "migration", o.id, "err", err)
+		time.Sleep(time.Second)
+	}
+}
+
+// openTunnel returns the opener of tunnels to one of the destination's endpoints.
+func (o *outgoing) openTunnel(to string) func(ctx context.Context) (io.ReadWriteCloser, error) {
+	return func(ctx context.Context) (io.ReadWriteCloser, error) { return o.cl.OpenTunnel(ctx, o.id, to) }
+}
+
 // tunnel starts a forwarder from a local socket to one of the destination's endpoints.
 func (o *outgoing) tunnel(ctx context.Context, to string) (*forwarder, error) {
-	return forward(ctx, filepath.Join(o.run, to+".sock"), func(ctx context.Context) (io.ReadWriteCloser, error) {
-		return o.cl.OpenTunnel(ctx, o.id, to)
-	}, o.touch)
+	return forward(ctx, filepath.Join(o.run, to+".sock"), o.openTunnel(to), o.touch)
 }
 
 // rsync sends a tree to a destination endpoint, reporting progress between from and to percent.

@@ -8,6 +8,7 @@ import (
 
 	"tandem/api"
 	"tandem/client"
+	"tandem/internal/driver"
 	"tandem/internal/instance"
 	"tandem/internal/store"
 )
@@ -133,6 +134,14 @@ func (o *outgoing) releaseAfterCommit(ctx context.Context) error {
 			return err
 		}
 		if err := cd.CommitDump(ctx, h); err != nil { // a cold move has no dump
+			// A lazy dump whose daemon died between the destination's commit and its own: the
+			// proxy's reset made CRIU resume the tasks here, but the destination owns them now.
+			if st, serr := o.drv.State(ctx, h); serr == nil && (st == driver.StatusRunning || st == driver.StatusPaused) {
+				slog.Error("the instance runs here and on the destination, which committed it: stopping it here", "instance", o.rec.Name)
+				if err := o.drv.Stop(ctx, h, driver.StopOpts{Force: true}); err != nil {
+					return err
+				}
+			}
 			if err := cd.MarkMoved(ctx, h); err != nil {
 				return err
 			}

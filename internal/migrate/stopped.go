@@ -26,7 +26,7 @@ func (o *outgoing) moveStopped(ctx context.Context, post api.MigrationPost) erro
 		post.DiskBytes = o.rootBytes(ctx)
 	}
 	o.step(5, "preparing "+o.remote)
-	if err := o.prepare(ctx, post); err != nil {
+	if _, err := o.prepare(ctx, post); err != nil {
 		return err
 	}
 	if post.Fresh() {

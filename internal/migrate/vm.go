@@ -26,7 +26,7 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 	}
 	o.e.Instances.SaveHandle(ctx, o.rec.Name, o.drv, h)
 	o.step(5, "starting QEMU on "+o.remote)
-	if err := o.prepare(ctx, post); err != nil {
+	if _, err := o.prepare(ctx, post); err != nil {
 		return err
 	}
 	mig, err := o.tunnel(ctx, "migration")

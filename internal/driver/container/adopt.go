@@ -153,7 +153,7 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 		}
 	}()
 	if o.Lazy {
-		if lazy, err = d.startLazyPages(ctx, p, o.Dir, o.PageServerAddr); err != nil {
+		if lazy, err = d.startLazyPages(ctx, h.ID, p, o.Dir, o.PageServerAddr); err != nil {
 			return RestoreStats{}, err
 		}
 	}
@@ -237,6 +237,18 @@ func (d *Driver) lazyRefusal(st *instState) string {
 	}
 	return ""
 }
+
+// LazyRestoreRefusal says why an adopted container cannot be restored lazily here ("" if it can).
+func (d *Driver) LazyRestoreRefusal(h *driver.Handle) string {
+	st, err := d.mustLoad(h)
+	if err != nil {
+		return err.Error()
+	}
+	return d.lazyRefusal(st)
+}
+
+// LazyDumpRefusal says why this host cannot serve a lazy dump ("" if it can).
+func (d *Driver) LazyDumpRefusal() string { return d.lazyDumpRefusal() }
 
 // lazyDumpRefusal says why this host cannot serve a lazy dump ("" if it can).
 func (d *Driver) lazyDumpRefusal() string {

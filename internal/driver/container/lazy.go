@@ -182,6 +182,28 @@ func (d *Driver) commitLazy(ctx context.Context, h *driver.Handle, st *instState
 	return d.save(h, st)
 }
 
+// WaitLazyPages returns once the destination of a lazy dump has pulled every page (the source's
+// tasks stay frozen until CommitDump), or fails when the destination went away first or ctx
+// ends. A caller that commits the move only after it returned never leaves the destination
+// running with memory still on the source.
+func (d *Driver) WaitLazyPages(ctx context.Context, h *driver.Handle) error {
+	v, ok := d.lazyDumps.Load(h.ID)
+	if !ok {
+		return errdefs.Conflict("container %s has no lazy dump in flight here", h.ID)
+	}
+	ld := v.(*lazyDump)
+	err := ld.proxy.wait(ctx)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-ld.done: // CRIU gave up on its own
+		return fmt.Errorf("wait for the pages of %s: %w (CRIU ended: %v)", h.ID, err, ld.err)
+	default:
+		return fmt.Errorf("wait for the pages of %s: %w", h.ID, err)
+	}
+}
+
 func (d *Driver) abortLazy(ctx context.Context, h *driver.Handle, st *instState) error {
 	v, ok := d.lazyDumps.Load(h.ID)
 	if !ok {
@@ -237,7 +259,7 @@ type lazyPages struct {
 	err  error
 }
 
-func (d *Driver) startLazyPages(ctx context.Context, p paths, dir, addr string) (*lazyPages, error) {
+func (d *Driver) startLazyPages(ctx context.Context, id string, p paths, dir, addr string) (*lazyPages, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, errdefs.Invalid("page server address %q: %v", addr, err)
@@ -247,10 +269,17 @@ func (d *Driver) startLazyPages(ctx context.Context, p paths, dir, addr string) 
 		return nil, err
 	}
 	lp := &lazyPages{log: filepath.Join(p.criuWork, "lazy-pages.log"), done: make(chan struct{})}
-	lp.cmd = exec.Command(d.criuPath, "lazy-pages", "--page-server", "--address", host, "--port", port,
+	lp.cmd = exec.Command(d.opts.ShimBinary, ShimArg, lazyGuardArg, d.cgroupsPath(id),
+		d.criuPath, "lazy-pages", "--page-server", "--address", host, "--port", port,
 		"-D", dir, "-W", p.criuWork, "-o", "lazy-pages.log", "-v4")
 	lp.cmd.Env = shimEnv()
 	lp.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // it outlives a daemon restart
+	guardLog, err := os.OpenFile(filepath.Join(p.criuWork, "lazy-guard.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer guardLog.Close() // the child has its own copy
+	lp.cmd.Stdout, lp.cmd.Stderr = guardLog, guardLog
 	if err := lp.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
@@ -277,9 +306,41 @@ func (d *Driver) startLazyPages(ctx context.Context, p paths, dir, addr string) 
 	}
 }
 
+// kill ends the guard and its lazy-pages daemon (one process group: their own session).
 func (lp *lazyPages) kill() {
-	lp.cmd.Process.Kill()
+	syscall.Kill(-lp.cmd.Process.Pid, syscall.SIGKILL)
 	<-lp.done
+}
+
+// lazyGuardArg runs `criu lazy-pages` under a guard, a re-exec of the daemon binary in the lazy
+// daemon's session. A lazy-pages daemon that fails (its page server gone: a cut link, a source or
+// a tandemd that died) leaves the restored tasks running, and every page they had not received yet
+// then reads as zeros (the kernel drops a released userfaultfd's ranges). The guard kills the
+// container's tasks when that happens, whether or not tandemd is still there to do it.
+const lazyGuardArg = "lazy-guard"
+
+// lazyGuardMain runs argv[1:] and, if it fails, kills whatever runs in the cgroup argv[0]; it
+// exits with the command's status.
+func lazyGuardMain(argv []string) int {
+	if len(argv) < 2 {
+		fmt.Fprintln(os.Stderr, "lazy-guard: want CGROUP-PATH COMMAND [ARG...]")
+		return 2
+	}
+	cmd := exec.Command(argv[1], argv[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	err := cmd.Run()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "lazy-guard: %s: %v: killing the container's tasks (their memory is incomplete)\n", argv[1], err)
+	if serr := sweepCgroup(argv[0]); serr != nil {
+		fmt.Fprintf(os.Stderr, "lazy-guard: %v\n", serr)
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() > 0 {
+		return ee.ExitCode()
+	}
+	return 1
 }
 
 func (lp *lazyPages) errors() string { return criuErrors(lp.log) }

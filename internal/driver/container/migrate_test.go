@@ -212,3 +212,17 @@ func TestRecoverSettlesDump(t *testing.T) {
 		t.Fatalf("after AbortDump: %s", st)
 	}
 }
+
+// The lazy-pages guard passes its command's status on; a failed command's cgroup is swept (here
+// one that does not exist: nothing to do).
+func TestLazyGuard(t *testing.T) {
+	if got := lazyGuardMain([]string{"/tandem-test-none", "true"}); got != 0 {
+		t.Errorf("true: %d", got)
+	}
+	if got := lazyGuardMain([]string{"/tandem-test-none", "sh", "-c", "exit 3"}); got != 3 {
+		t.Errorf("exit 3: %d", got)
+	}
+	if got := lazyGuardMain([]string{"/tandem-test-none"}); got != 2 {
+		t.Errorf("no command: %d", got)
+	}
+}

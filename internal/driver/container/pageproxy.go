@@ -95,6 +95,19 @@ func (pp *pageProxy) serve() {
 	}
 }
 
+// wait returns once the destination has every page (its close is held here), or fails when it
+// went away first.
+func (pp *pageProxy) wait(ctx context.Context) error {
+	select {
+	case <-pp.closed:
+		return nil
+	case <-pp.gone:
+		return errors.New("the destination disconnected before it had every page")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // commit waits until the destination has every page, then lets CRIU finish (it kills the
 // source's tasks).
 func (pp *pageProxy) commit(ctx context.Context) error {

@@ -32,6 +32,9 @@ func MaybeRunShim() {
 
 // ShimMain runs the shim with os.Args[2:] and exits the process.
 func ShimMain() {
+	if len(os.Args) > 2 && os.Args[2] == lazyGuardArg {
+		os.Exit(lazyGuardMain(os.Args[3:]))
+	}
 	os.Exit(shim.Main(os.Args[2:]))
 }
 
