@@ -152,12 +152,23 @@ func (o *outgoing) releaseAfterCommit(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := vd.Release(ctx, h); err != nil {
+		if o.stoppedHere(ctx) { // a cold move, or a source QEMU that died: nothing to release
+			err = o.drv.Delete(ctx, h)
+		} else {
+			err = vd.Release(ctx, h)
+		}
+		if err != nil {
 			return err
 		}
 		return o.finishHere(ctx)
 	}
 	return nil
+}
+
+// stoppedHere says whether the instance has nothing running on this host.
+func (o *outgoing) stoppedHere(ctx context.Context) bool {
+	st, err := o.drv.State(ctx, o.rec.Handle)
+	return err == nil && (st == driver.StatusStopped || st == driver.StatusGone)
 }
 
 // resumeAfterAbort runs the instance here again after the destination dropped it.
@@ -171,9 +182,14 @@ func (o *outgoing) resumeAfterAbort(ctx context.Context) error {
 			err = cd.AbortDump(ctx, h)
 		}
 	case api.TypeVM:
+		stopped := o.stoppedHere(ctx)
 		var vd vmMover
 		if vd, err = vmOf(o.drv); err == nil {
 			err = vd.AbortOutgoing(ctx, h)
+		}
+		if err != nil && stopped { // a cold move: it was stopped and stays so
+			slog.Info("a stopped VM's move was dropped by the destination: it stays here", "instance", o.rec.Name, "why", err)
+			err = nil
 		}
 	}
 	o.e.Instances.SaveHandle(ctx, o.rec.Name, o.drv, h)
