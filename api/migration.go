@@ -65,8 +65,6 @@ type MigrationPost struct {
 	DiskBytes int64 `json:"disk_bytes,omitempty"`
 	// SharedRoot is, with shared storage, the root's path (both hosts see it there).
 	SharedRoot string `json:"shared_root,omitempty"`
-	// MultifdChannels is how many connections a VM's RAM goes over (QEMU multifd; 0: one).
-	MultifdChannels int `json:"multifd_channels,omitempty"`
 	// Pool is, when a stopped instance's root is copied, the destination's pool for it; empty:
 	// the source's pool name if the destination has such a pool, else its default pool.
 	Pool string `json:"pool,omitempty"`

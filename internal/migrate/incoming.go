@@ -195,8 +195,7 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 			c.in.Record.Handle = nh
 			return info, nil
 		}
-		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared,
-			MultifdChannels: c.post.MultifdChannels}
+		opts := vm.IncomingOpts{Listen: "unix:" + filepath.Join(c.run, "mig.sock"), SharedDisk: c.post.Storage == api.StorageShared}
 		if !opts.SharedDisk {
 			opts.NBDListen = "unix:" + filepath.Join(c.run, "nbd.sock")
 			if r := h.Spec.Root; r != nil { // the mirror's target is the root volume on this host's pool

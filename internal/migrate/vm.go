@@ -11,10 +11,6 @@ import (
 	"tandem/internal/units"
 )
 
-// vmMultifdChannels: RAM goes over this many tunnels at once (QEMU's multifd, in every QEMU
-// tandem supports), so that one TLS stream's encryption is not the bottleneck of a big guest.
-const vmMultifdChannels = 2
-
 // moveVM follows internal/driver/vm/outgoing.go: the destination's QEMU waits for the stream;
 // a disk on local storage is mirrored into the destination's NBD export first, then RAM goes
 // with pre-copy and the guest resumes there.
@@ -30,7 +26,6 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 	}
 	o.e.Instances.SaveHandle(ctx, o.rec.Name, o.drv, h)
 	o.step(5, "starting QEMU on "+o.remote)
-	post.MultifdChannels = vmMultifdChannels
 	if _, err := o.prepare(ctx, post); err != nil {
 		return err
 	}
@@ -40,7 +35,7 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 		return err
 	}
 	defer mig.Close()
-	opts := vm.MigrateOpts{URI: "unix:" + mig.path, AutoConverge: true, DowntimeLimit: 300 * time.Millisecond, MultifdChannels: post.MultifdChannels,
+	opts := vm.MigrateOpts{URI: "unix:" + mig.path, AutoConverge: true, DowntimeLimit: 300 * time.Millisecond,
 		MaxBandwidth: o.bw, MirrorBandwidth: o.bw, Progress: o.vmProgress}
 	o.result.Mode = "live-shared"
 	if o.shared == "" {
