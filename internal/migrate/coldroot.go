@@ -1,7 +1,6 @@
 package migrate
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"tandem/api"
 	"tandem/internal/errdefs"
+	"tandem/internal/qemuimg"
 )
 
 // A stopped instance whose root is copied (a cold move, a copy) is made anew on the destination,
@@ -175,59 +175,19 @@ func (o *outgoing) sendDisk(ctx context.Context, path, format string) error {
 	}
 	args = append(args, path, "nbd+unix:///?socket="+f.path)
 	err = o.transfer(func() error {
-		return runWithProgress(ctx, exec.CommandContext(ctx, "qemu-img", args...), func(p int) {
+		stderr, err := qemuimg.Run(exec.CommandContext(ctx, "qemu-img", args...), func(p int) {
 			o.step(10+80*p/100, fmt.Sprintf("copying the disk: %d%%", p))
 		})
+		if err != nil && ctx.Err() != nil {
+			return errors.Join(errdefs.ErrCancelled, context.Cause(ctx))
+		}
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, stderr)
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("copying the disk to %s: %w", o.remote, err)
 	}
 	return nil
-}
-
-// runWithProgress runs qemu-img -p, passing on the percentages it prints ("(12.34/100%)").
-func runWithProgress(ctx context.Context, cmd *exec.Cmd, progress func(int)) error {
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	sc := bufio.NewScanner(out)
-	sc.Split(splitCRLF)
-	last := -1
-	for sc.Scan() {
-		if p, ok := parseQemuImgProgress(sc.Text()); ok && p != last {
-			last = p
-			progress(p)
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		if ctx.Err() != nil {
-			return errors.Join(errdefs.ErrCancelled, context.Cause(ctx))
-		}
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
-}
-
-// parseQemuImgProgress reads "    (12.34/100%)".
-func parseQemuImgProgress(line string) (int, bool) {
-	line = strings.TrimSpace(line)
-	num, ok := strings.CutPrefix(line, "(")
-	if !ok {
-		return 0, false
-	}
-	num, _, ok = strings.Cut(num, "/100%)")
-	if !ok {
-		return 0, false
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || f > 100 {
-		return 0, false
-	}
-	return int(f), true
 }

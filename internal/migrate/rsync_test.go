@@ -142,16 +142,3 @@ func TestRsyncServersSideBySide(t *testing.T) {
 		}
 	}
 }
-
-func TestParseQemuImgProgress(t *testing.T) {
-	for line, want := range map[string]int{"    (0.00/100%)": 0, "(12.34/100%)": 12, "    (100.00/100%)": 100} {
-		if got, ok := parseQemuImgProgress(line); !ok || got != want {
-			t.Errorf("%q: %d %v, want %d", line, got, ok, want)
-		}
-	}
-	for _, line := range []string{"", "qemu-img: error", "(abc/100%)", "(150.0/100%)"} {
-		if _, ok := parseQemuImgProgress(line); ok {
-			t.Errorf("%q parsed as progress", line)
-		}
-	}
-}

@@ -1,8 +1,6 @@
 package storage
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +11,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/progress"
+	"tandem/internal/qemuimg"
 )
 
 // qemuImgCreate makes a qcow2 disk; with backing (relative to the disk's directory) an overlay
@@ -65,43 +64,12 @@ func qemuImgConvert(ctx context.Context, src, srcFormat, dst, msg string) error 
 		return err
 	}
 	cmd := exec.CommandContext(ctx, path, "convert", "-p", "-f", srcFormat, "-O", "qcow2", src, dst)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
+	stderr, err := qemuimg.Run(cmd, func(p int) { progress.Report(ctx, p, msg) })
 	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	// qemu-img -p prints "    (12.34/100%)" and returns the carriage.
-	sc := bufio.NewScanner(out)
-	sc.Split(splitCR)
-	for sc.Scan() {
-		s := strings.TrimSpace(sc.Text())
-		if i := strings.IndexByte(s, '('); i >= 0 {
-			if j := strings.IndexByte(s[i:], '/'); j > 0 {
-				if f, err := strconv.ParseFloat(s[i+1:i+j], 64); err == nil {
-					progress.Report(ctx, int(f), msg)
-				}
-			}
-		}
-	}
-	if err := cmd.Wait(); err != nil {
 		if ctx.Err() != nil {
 			return errors.Join(errdefs.ErrCancelled, ctx.Err())
 		}
-		return &toolError{cmd: "qemu-img convert " + src, err: err, out: strings.TrimSpace(stderr.String())}
+		return &toolError{cmd: "qemu-img convert " + src, err: err, out: stderr}
 	}
 	return nil
-}
-
-func splitCR(data []byte, atEOF bool) (int, []byte, error) {
-	if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
-		return i + 1, data[:i], nil
-	}
-	if atEOF && len(data) > 0 {
-		return len(data), data, nil
-	}
-	return 0, nil, nil
 }
