@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -61,12 +60,10 @@ func (m *Manager) Copy(ctx context.Context, src string, req api.InstanceCopyPost
 		Pending:  store.PendingCreate,
 	}
 	// src is held for the whole copy, so that it neither starts nor goes meanwhile.
-	unlockSrc, err := m.Hold(src, "copy to "+req.Name)
+	releaseSrc, err := m.Hold(src, "copy to "+req.Name)
 	if err != nil {
 		return nil, err
 	}
-	var once sync.Once
-	releaseSrc := func() { once.Do(unlockSrc) }
 	check := func() error {
 		if rec, err = m.store.GetInstance(src); err != nil { // as it is now that it is held
 			return err
@@ -88,14 +85,7 @@ func (m *Manager) Copy(ctx context.Context, src string, req api.InstanceCopyPost
 		}
 		return nil
 	}
-	guarded := func() error {
-		if err := check(); err != nil {
-			releaseSrc()
-			return err
-		}
-		return nil
-	}
-	op, err := m.runLocked(req.Name, fmt.Sprintf("Copying instance %s to %s", src, req.Name), guarded,
+	op, err := m.runLocked(req.Name, fmt.Sprintf("Copying instance %s to %s", src, req.Name), check,
 		func(ctx context.Context, op *operations.Op) error {
 			defer releaseSrc()
 			srcPool, dstPool := diskPool(srcRoot), diskPool(rootDevice(devices))
@@ -110,8 +100,7 @@ func (m *Manager) Copy(ctx context.Context, src string, req api.InstanceCopyPost
 			m.hub.Lifecycle("instance-created", req.Name)
 			return nil
 		})
-	if err != nil && op == nil {
-		// runLocked refused before check ran (the new name is busy).
+	if op == nil { // refused (the new name busy, or check failed): the operation never ran
 		releaseSrc()
 	}
 	return op, err

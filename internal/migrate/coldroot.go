@@ -41,10 +41,7 @@ func (e *Engine) receiveRoot(ctx context.Context, c *incoming, info *api.Migrati
 		if err != nil {
 			return err
 		}
-		if r.tree, r.release, err = cd.RootTree(ctx, h); err != nil {
-			return err
-		}
-		info.Rootfs = r.tree
+		return receiveTree(ctx, c, cd, info)
 	case api.TypeVM:
 		vd, err := vmOf(c.in.Driver)
 		if err != nil {
@@ -61,6 +58,16 @@ func (e *Engine) receiveRoot(ctx context.Context, c *incoming, info *api.Migrati
 		return errdefs.Invalid("instance type %q cannot be received", c.post.Type)
 	}
 	c.root = r
+	return nil
+}
+
+// receiveTree readies a container's root tree (mounted if it is an image) for the source's rsync.
+func receiveTree(ctx context.Context, c *incoming, cd containerMover, info *api.MigrationInfo) error {
+	tree, release, err := cd.RootTree(ctx, c.in.Record.Handle)
+	if err != nil {
+		return err
+	}
+	c.root, info.Rootfs = &rootReceiver{tree: tree, release: release}, tree
 	return nil
 }
 

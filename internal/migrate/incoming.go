@@ -171,11 +171,9 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		info.Rootfs = cd.RootfsPath(h)
 		switch {
 		case c.post.Storage == api.StorageCopy && h.Spec.Root != nil: // on this host's pool
-			r := &rootReceiver{}
-			if r.tree, r.release, err = cd.RootTree(ctx, h); err != nil {
+			if err := receiveTree(ctx, c, cd, info); err != nil {
 				return nil, err
 			}
-			c.root, info.Rootfs = r, r.tree
 		case c.post.Storage == api.StorageCopy:
 			if err := os.MkdirAll(info.Rootfs, 0o755); err != nil {
 				return nil, err
