@@ -16,10 +16,7 @@ import (
 // tasks that runc never recorded: on a migration's destination that would be a second copy,
 // holding the instance's addresses.
 func sweepCgroup(cgroupPath string) error {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgroupPath)
-	if fi, err := os.Stat("/sys/fs/cgroup" + cgroupPath); err == nil && fi.IsDir() {
-		dirs = append(dirs, "/sys/fs/cgroup"+cgroupPath)
-	}
+	dirs := cgroupDirs(cgroupPath)
 	if len(dirs) == 0 {
 		return nil
 	}
