@@ -38,7 +38,7 @@ func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
 	}
 	probeCacheDir = t.TempDir() // the fake's answer is not the host's
 	t.Cleanup(func() {
-		exec.Command("pkill", "-KILL", "-f", bin).Run()
+		exec.Command("pkill", "-KILL", "-f", "^"+bin+" ").Run()
 		probeCacheDir = "/run/tandem"
 	})
 	return bin, log
@@ -66,7 +66,7 @@ func assertRunsAsBefore(t *testing.T, e *env, h *driver.Handle, criu string) {
 	if frozenCgroups(dirs) {
 		t.Error("the container's cgroup is still frozen")
 	}
-	if out, _ := exec.Command("pgrep", "-f", criu).Output(); len(out) > 0 {
+	if out, _ := exec.Command("pgrep", "-f", "^"+criu+" ").Output(); len(out) > 0 {
 		t.Errorf("criu still runs: %s", out)
 	}
 	a, _ := e.run(t, h, "cat /root/count")
