@@ -40,9 +40,7 @@ type migEnv struct {
 func newMigEnv(t *testing.T) *migEnv {
 	t.Helper()
 	e := newCtEnv(t) // builds the busybox image; its own driver is unused
-	if !hasCap(e.d.Info(context.Background()), driver.CapMigrate) {
-		t.Skip("skipping: CRIU is not installed (scripts/setup.sh builds it)")
-	}
+	requireCheckpoint(t)
 	for _, tool := range []string{"dnsmasq", "nsenter", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("skipping: %s is not installed", tool)

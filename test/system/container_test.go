@@ -345,9 +345,7 @@ func readConsoleLog(t *testing.T, d *container.Driver, h *driver.Handle) string 
 // A counter kept in a shell variable survives stop --stateful and start.
 func TestContainerCheckpointCounter(t *testing.T) {
 	e := newCtEnv(t)
-	if !hasCap(e.d.Info(context.Background()), driver.CapCheckpoint) {
-		t.Skip("skipping: CRIU is not installed (scripts/setup.sh builds it)")
-	}
+	requireCheckpoint(t)
 	h := e.launch("criu1", nil)
 	e.sh(h, "(i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) </dev/null >/dev/null 2>&1 &")
 	time.Sleep(time.Second)

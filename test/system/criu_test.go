@@ -1,6 +1,7 @@
 package system
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/driver/container"
 	"tandem/internal/testenv"
 )
 
@@ -19,12 +21,10 @@ import (
 // probe's). It returns the binary and its call log.
 func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
 	t.Helper()
+	requireCheckpoint(t) // the fake passes everything but its hangs to the real criu
 	real, err := exec.LookPath("criu")
 	if err != nil {
 		real = "/usr/local/sbin/criu"
-		if _, err := os.Stat(real); err != nil {
-			testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
-		}
 	}
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
@@ -201,4 +201,26 @@ func TestMoveWithHungDump(t *testing.T) {
 		t.Error("host-a still lists c1 after the move")
 	}
 	b.must("delete", "--force", "c1")
+}
+
+// requireCheckpoint skips t, with the probe's reason, on a host where CRIU cannot checkpoint (a
+// fact about the kernel: a skip under CI too); a CRIU that is not installed fails under CI.
+func requireCheckpoint(t *testing.T) {
+	t.Helper()
+	criu, err := exec.LookPath("criu")
+	if err != nil {
+		if criu = "/usr/local/sbin/criu"; !fileExists(criu) {
+			testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if s := container.HostCheckpointSupport(ctx, criu, t.TempDir()); !s.Available {
+		testenv.Unsupported(t, "this host cannot checkpoint: %s", s.Reason)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -275,6 +275,7 @@ func hasInstance(t *testing.T, h *daemonHarness, name string) bool {
 // live from A to B (rootfs copied) and back: the counter carries on, the connection echoes, the
 // name, MAC and address are kept, and the source holds nothing of it.
 func TestMoveContainerLive(t *testing.T) {
+	requireCheckpoint(t)
 	l := newLab(t, 2)
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")
@@ -478,6 +479,7 @@ func waitGone(t *testing.T, h *daemonHarness, name string, within time.Duration)
 // Moves that must be refused, and moves whose destination dies or whose link is cut half-way: the
 // instance carries on at the source, and the destination holds nothing of it after its restart.
 func TestMoveFailures(t *testing.T) {
+	requireCheckpoint(t) // most of its moves are live container moves
 	l := newLab(t, 2)
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")

@@ -187,6 +187,7 @@ func TestRootsSharedExt4(t *testing.T) {
 		t.Fatalf("after growing to 128MiB: %q", got)
 	}
 	// Memory saved and restored over a root the driver unmounts and mounts again in between.
+	requireCheckpoint(t)
 	h.sh("c1", "setsid sleep 4321 >/dev/null 2>&1 </dev/null &")
 	sleeper := "ps | grep -c '[s]leep 4321'"
 	h.must("snapshot", "create", "c1", "s1", "--stateful")
@@ -205,6 +206,7 @@ func TestRootsSharedExt4(t *testing.T) {
 // Snapshots of a container on the default pool: a stateless one comes back booted with the old
 // files; a stateful one resumes the processes it had.
 func TestRootsContainerSnapshots(t *testing.T) {
+	requireCheckpoint(t)
 	h := rootsDaemon(t)
 	h.must("launch", "busybox", "c1")
 	h.sh("c1", "echo one > /root/f; setsid sleep 1234 >/dev/null 2>&1 </dev/null & sync")

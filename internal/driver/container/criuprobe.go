@@ -56,32 +56,17 @@ func (s CheckpointSupport) String() string {
 	return "unavailable (" + s.Reason + ")"
 }
 
-// startCheckpointProbe starts the probe in the background (or takes the boot's cached answer).
+// startCheckpointProbe takes the boot's cached answer, or starts the probe in the background.
 func (d *Driver) startCheckpointProbe() {
 	d.probeDone = make(chan struct{})
-	if d.criuPath == "" {
-		d.probe = CheckpointSupport{Known: true, Reason: "CRIU is not installed"}
-		close(d.probeDone)
-		return
-	}
-	key := probeKey(d.criuPath)
-	cache := filepath.Join(probeCacheDir, "checkpoint-probe-"+key[:16]+".json")
-	if s, ok := readProbeCache(cache, key); ok {
+	if s, ok := cachedCheckpointSupport(d.criuPath); ok {
 		d.probe = s
 		close(d.probeDone)
 		return
 	}
 	go func() {
 		defer close(d.probeDone)
-		ctx, cancel := context.WithTimeout(context.Background(), checkpointProbeTimeout)
-		defer cancel()
-		s := probeCheckpoint(ctx, d.criuPath, filepath.Join(d.opts.RunDir, "criu-probe"))
-		s.Key = key
-		if os.MkdirAll(probeCacheDir, 0o700) == nil {
-			if data, err := json.Marshal(s); err == nil {
-				fsutil.WriteFileAtomic(cache, data, 0o600)
-			}
-		}
+		s := HostCheckpointSupport(context.Background(), d.criuPath, filepath.Join(d.opts.RunDir, "criu-probe"))
 		if s.Available {
 			slog.Info("checkpoint: available", "probe", s.Took.Round(time.Millisecond))
 		} else {
@@ -89,6 +74,38 @@ func (d *Driver) startCheckpointProbe() {
 		}
 		d.probe = s
 	}()
+}
+
+// HostCheckpointSupport says whether this host can checkpoint with criu: the boot's cached
+// answer, or a probe (in workDir, bounded by checkpointProbeTimeout and ctx) whose answer is
+// cached for the boot.
+func HostCheckpointSupport(ctx context.Context, criu, workDir string) CheckpointSupport {
+	if s, ok := cachedCheckpointSupport(criu); ok {
+		return s
+	}
+	pctx, cancel := context.WithTimeout(ctx, checkpointProbeTimeout)
+	defer cancel()
+	s := probeCheckpoint(pctx, criu, workDir)
+	s.Key = probeKey(criu)
+	if ctx.Err() == nil && os.MkdirAll(probeCacheDir, 0o700) == nil { // not when the caller cut it short
+		if data, err := json.Marshal(s); err == nil {
+			fsutil.WriteFileAtomic(probeCachePath(s.Key), data, 0o600)
+		}
+	}
+	return s
+}
+
+// cachedCheckpointSupport is the answer already known for criu on this boot, if any.
+func cachedCheckpointSupport(criu string) (CheckpointSupport, bool) {
+	if criu == "" {
+		return CheckpointSupport{Known: true, Reason: "CRIU is not installed"}, true
+	}
+	key := probeKey(criu)
+	return readProbeCache(probeCachePath(key), key)
+}
+
+func probeCachePath(key string) string {
+	return filepath.Join(probeCacheDir, "checkpoint-probe-"+key[:16]+".json")
 }
 
 // CheckpointSupport waits (bounded by ctx) for the probe and returns its answer.

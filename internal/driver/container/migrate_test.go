@@ -25,9 +25,7 @@ func TestCheckpointKeepsTCP(t *testing.T) {
 	defer n.Close()
 	n.Static = true
 	e := newEnv(t, func(o *Options) { o.PrepareNetwork = n.PrepareNetwork })
-	if e.d.criuPath == "" {
-		t.Skip("skipping: CRIU is not installed")
-	}
+	needCheckpoint(t, e)
 	h := e.launch(t, "tcp", nil)
 	e.waitLog(t, h, "booted as tcp")
 	e.run(t, h, "nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 &")
@@ -170,10 +168,9 @@ func TestPageProxy(t *testing.T) {
 // A daemon that died during a Dump leaves "dumping": Recover settles it by what it finds.
 func TestRecoverSettlesDump(t *testing.T) {
 	e := newEnv(t)
-	if e.d.criuPath == "" {
-		t.Skip("skipping: CRIU is not installed")
-	}
-	ctx := context.Background()
+	needCheckpoint(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // a hung criu fails the test, not hangs it
+	defer cancel()
 	h := e.launch(t, "settle", nil)
 	e.waitLog(t, h, "booted as settle")
 	setDumping := func(dir string) {

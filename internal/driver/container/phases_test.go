@@ -163,9 +163,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 // A counter in a shell variable survives a stateful stop and start.
 func TestCheckpointRestore(t *testing.T) {
 	e := newEnv(t)
-	if e.d.criuPath == "" {
-		t.Skip("skipping: CRIU is not installed")
-	}
+	needCheckpoint(t, e)
 	h := e.launch(t, "criu", map[string]string{"limits.memory": "96MiB"})
 	ctx := context.Background()
 	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
