@@ -14,5 +14,11 @@ fi
 echo "== go vet"
 go vet ./...
 echo "== go test"
-# -p 1 for packages keeps system tests that boot guests from fighting over the two cores.
-go test -count=1 -timeout 75m -p 1 ./... "$@"
+# -p 1 for packages keeps system tests that boot guests from fighting over the two cores. -v so
+# that the report can say which tests were skipped and why; it prints what a plain run would.
+log=$(mktemp /tmp/tandem-test.XXXXXX.log)
+rc=0
+go test -count=1 -timeout 75m -p 1 -v ./... "$@" >"$log" 2>&1 || rc=$?
+awk -f scripts/test-report.awk "$log"
+echo "(full output: $log)"
+exit "$rc"
