@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -223,4 +224,101 @@ func requireCheckpoint(t *testing.T) {
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// soakCount is n, or $TANDEM_SOAK_<name> when set (the soak: 50 cycles, 20 moves).
+func soakCount(name string, n int) int {
+	if v, err := strconv.Atoi(os.Getenv("TANDEM_SOAK_" + name)); err == nil && v > 0 {
+		return v
+	}
+	return n
+}
+
+// noCRIULeft checks that no criu runs and no task anywhere is traced by one.
+func noCRIULeft(t *testing.T) {
+	t.Helper()
+	if out, _ := exec.Command("pgrep", "-x", "criu").Output(); len(out) > 0 {
+		t.Errorf("criu processes left: %s", out)
+	}
+	statuses, _ := filepath.Glob("/proc/[0-9]*/status")
+	for _, st := range statuses {
+		data, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "TracerPid:"); ok && strings.TrimSpace(v) != "0" {
+				comm, _ := os.ReadFile("/proc/" + strings.TrimSpace(v) + "/comm")
+				if strings.TrimSpace(string(comm)) == "criu" {
+					t.Errorf("%s is traced by criu (pid %s)", st, strings.TrimSpace(v))
+				}
+			}
+		}
+	}
+}
+
+// Stateful stops and starts, then live moves back and forth, each bounded: the container ends
+// up running once, its counter and connection carried on, nothing of CRIU left. CI runs a few;
+// TANDEM_SOAK_CYCLES=50 TANDEM_SOAK_MOVES=20 is the soak.
+func TestCheckpointCycles(t *testing.T) {
+	requireCheckpoint(t)
+	cycles, moves := soakCount("CYCLES", 5), soakCount("MOVES", 4)
+	l := newLab(t, 2)
+	a, b := l.hosts[0], l.hosts[1]
+	a.must("image", "build", "busybox")
+	echo, _ := launchContainer(t, a, "c1")
+	timedMust := func(h *daemonHarness, limit time.Duration, args ...string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		h.must(args...)
+		took := time.Since(start)
+		if took > limit {
+			t.Errorf("tandem %s took %s (limit %s)", strings.Join(args, " "), took.Round(time.Millisecond), limit)
+		}
+		return took
+	}
+	var worst time.Duration
+	for i := 0; i < cycles; i++ {
+		time.Sleep(300 * time.Millisecond)
+		worst = max(worst, timedMust(a, time.Minute, "stop", "c1", "--stateful"))
+		worst = max(worst, timedMust(a, time.Minute, "start", "c1"))
+	}
+	t.Logf("%d stateful stop/start cycles, slowest call %s", cycles, worst.Round(time.Millisecond))
+	// One console log across the cycles: a boot instead of a restore would start again at 1.
+	counterRuns(t, a, "c1")
+	log, _, _ := a.tandem("console", "c1", "--show-log")
+	n := numbers(ctCountRE, log)
+	for i := 1; i < len(n); i++ {
+		if n[i] < n[i-1] || n[i] > n[i-1]+2 {
+			t.Fatalf("the counter went from %d to %d across the stateful stops", n[i-1], n[i])
+		}
+	}
+	if err := echo.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("the connection does not echo after the cycles: %v", err)
+	}
+	hosts := []*daemonHarness{a, b}
+	worst = 0
+	for i := 0; i < moves; i++ {
+		from, to := hosts[i%2], hosts[(i+1)%2]
+		tap := tapConsole(t, from, "c1")
+		time.Sleep(300 * time.Millisecond)
+		worst = max(worst, timedMust(from, 2*time.Minute, "move", "c1", "--target", hostName((i+1)%2), "--live"))
+		if i == moves-1 {
+			checkContinues(t, to, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
+		}
+	}
+	t.Logf("%d live moves, slowest %s", moves, worst.Round(time.Millisecond))
+	last := hosts[moves%2]
+	assertStatus(t, last, "c1", api.StatusRunning)
+	if hasInstance(t, hosts[(moves+1)%2], "c1") {
+		t.Error("both hosts list c1")
+	}
+	if err := echo.WaitEcho(20 * time.Second); err != nil {
+		t.Fatalf("the connection does not echo after the moves: %v", err)
+	}
+	if err := echo.Check(); err != nil {
+		t.Error(err)
+	}
+	noCRIULeft(t)
+	last.must("delete", "--force", "c1")
 }
