@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,7 +63,8 @@ type ObservedState struct {
 
 // Store is a bbolt-backed state file.
 type Store struct {
-	db *bolt.DB
+	db         *bolt.DB
+	corruptOps sync.Map // keys of undecodable operation records already logged
 }
 
 // Open opens (creating if needed) the state file at path and migrates it to the current schema.
@@ -189,14 +192,19 @@ func (s *Store) GetOperation(id string) (*api.Operation, error) {
 	return op, nil
 }
 
-// ListOperations returns all stored operations, oldest first.
+// ListOperations returns all stored operations, oldest first. A record that does not decode is
+// skipped and logged (once per process): an operation is history, and one torn record must not stop
+// the daemon from starting or listing the others.
 func (s *Store) ListOperations() ([]*api.Operation, error) {
 	var out []*api.Operation
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOperations).ForEach(func(k, v []byte) error {
 			op := &api.Operation{}
 			if err := json.Unmarshal(v, op); err != nil {
-				return fmt.Errorf("decode operation %q: %w", k, err)
+				if _, seen := s.corruptOps.LoadOrStore(string(k), true); !seen {
+					slog.Warn("skipping an operation record that does not decode", "op", string(k), "err", err)
+				}
+				return nil
 			}
 			out = append(out, op)
 			return nil

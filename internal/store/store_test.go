@@ -225,3 +225,29 @@ func crashWriter(path string) {
 		}
 	}
 }
+
+// A corrupt operation record (a torn write, a hand edit) must not stop the daemon: listing skips it,
+// so start-up's recovery of operations goes on with the others.
+func TestListOperationsSkipsCorruptRecord(t *testing.T) {
+	s, _ := openTemp(t)
+	good := &api.Operation{ID: "good", Status: api.OpSuccess, CreatedAt: time.Now()}
+	if err := s.PutOperation(good); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOperations).Put([]byte("torn"), []byte(`{"id":"torn","status":`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := s.ListOperations()
+	if err != nil {
+		t.Fatalf("list with a corrupt record: %v", err)
+	}
+	if len(ops) != 1 || ops[0].ID != "good" {
+		t.Fatalf("want only the good operation, got %+v", ops)
+	}
+	if _, err := s.GetOperation("torn"); err == nil {
+		t.Fatal("get of the corrupt record: want an error")
+	}
+}
