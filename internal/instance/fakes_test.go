@@ -23,6 +23,8 @@ type fakeVolumes struct {
 	leases map[string]string          // "pool/TYPE/NAME" -> holder ("elsewhere": another host)
 	fail   map[string]error           // method -> error, returned once
 	calls  []string
+	// snapGate, if set, holds SnapshotVolume until it is closed (a snapshot caught mid-copy).
+	snapGate chan struct{}
 }
 
 func newFakeVolumes() *fakeVolumes {
@@ -204,6 +206,9 @@ func (f *fakeVolumes) ResizeVolume(_ context.Context, pool, ref string, size uin
 }
 
 func (f *fakeVolumes) SnapshotVolume(_ context.Context, pool, ref, snap string) error {
+	if f.snapGate != nil {
+		<-f.snapGate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.enter("SnapshotVolume"); err != nil {

@@ -361,3 +361,49 @@ func TestRootRecovery(t *testing.T) {
 		t.Fatalf("volumes after recovery: %v", vols.vols)
 	}
 }
+
+// A daemon killed while a snapshot has the instance paused leaves it paused with desired running.
+// The pause is recorded as the snapshot's, so recovery undoes it; a pause the user asked for stays.
+func TestRecoveryUndoesSnapshotPause(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	gate := make(chan struct{})
+	defer close(gate) // lets the first daemon's snapshot goroutine end after the test
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("snapped")
+	h.launch("userpaused")
+	h.mustRun(h.m.ChangeState(ctx, "userpaused", api.InstanceStatePut{Action: api.ActionPause}))
+
+	vols.snapGate = gate
+	if _, err := h.m.CreateSnapshot(ctx, "snapped", api.InstanceSnapshotsPost{Name: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.status("snapped") != api.StatusPaused {
+		if time.Now().After(deadline) {
+			t.Fatal("the snapshot did not pause the instance")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rec, _ := h.st.GetInstance("snapped"); rec.PausedBy != store.PausedBySnapshot {
+		t.Fatalf("mid-snapshot record: paused_by %q, want %q", rec.PausedBy, store.PausedBySnapshot)
+	}
+	// The crash: the state file is let go with the snapshot still in its copy; nothing resumes.
+	h.st.Close()
+	vols.leases = map[string]string{}
+
+	h2 := newRootHarness(t, dir, vols)
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.status("snapped"); got != api.StatusRunning {
+		t.Fatalf("after recovery the snapshot's instance is %s, want Running", got)
+	}
+	if rec, _ := h2.st.GetInstance("snapped"); rec.PausedBy != "" || rec.Desired.Power != api.PowerRunning {
+		t.Fatalf("after recovery: paused_by %q desired %q", rec.PausedBy, rec.Desired.Power)
+	}
+	if got := h2.status("userpaused"); got != api.StatusPaused {
+		t.Fatalf("the user's pause was undone: %s", got)
+	}
+}

@@ -39,7 +39,13 @@ type InstanceRecord struct {
 	// Pending names a multi-step change under way ("creating", "deleting"): if the daemon dies during
 	// it, recovery rolls a create back and finishes a delete.
 	Pending string `json:"pending,omitempty"`
+	// PausedBy says the instance was paused by tandem itself, not by the user ("snapshot": a
+	// snapshot pauses it while the disk is copied). Recovery resumes such a pause a crash left.
+	PausedBy string `json:"paused_by,omitempty"`
 }
+
+// PausedBy values.
+const PausedBySnapshot = "snapshot"
 
 // Pending values.
 const (
