@@ -45,6 +45,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		m.recoverOne(ctx, rec, drv, log)
 	}
+	// Interrupted creates and deletes are settled above; what is left is the truth for volumes.
+	if recs, err = m.store.ListInstances(); err != nil {
+		return err
+	}
+	m.reconcileAttachments(ctx, recs)
 	return nil
 }
 

@@ -407,3 +407,43 @@ func TestRecoveryUndoesSnapshotPause(t *testing.T) {
 		t.Fatalf("the user's pause was undone: %s", got)
 	}
 }
+
+// A daemon killed between recording an attachment on the volume and on the instance leaves a stale
+// used_by (or, cut short in a detach, an instance whose volume forgot it). Recovery makes the
+// volumes agree with the instance records, and leaves attachments to unknown instances alone.
+func TestRecoveryReconcilesAttachments(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	vols.addCustom("default", "stale")
+	vols.addCustom("default", "lost")
+	vols.addCustom("default", "ghost")
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("c1")
+	h.mustRun(h.m.Create(ctx, api.InstancesPost{Name: "c2", Image: "busybox",
+		Devices: api.Devices{"data": {"type": "disk", "source": "lost", "path": "/mnt"}}}))
+	if u := vols.usedBy("default", "lost"); len(u) != 1 || u[0].Instance != "c2" {
+		t.Fatalf("create did not attach: %+v", u)
+	}
+	// What the crashes left: "stale" attached to c1 whose record never got the disk, "lost"
+	// forgotten by the volume while c2 has it, "ghost" attached to an instance nobody knows.
+	vols.Attach(ctx, "default", "stale", "c1", false)
+	vols.Detach(ctx, "default", "lost", "c2")
+	vols.Attach(ctx, "default", "ghost", "nobody", false)
+	h.close()
+	vols.leases = map[string]string{}
+
+	h2 := newRootHarness(t, dir, vols)
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := vols.usedBy("default", "stale"); len(u) != 0 {
+		t.Fatalf("stale attachment kept: %+v", u)
+	}
+	if u := vols.usedBy("default", "lost"); len(u) != 1 || u[0].Instance != "c2" {
+		t.Fatalf("lost attachment not recorded again: %+v", u)
+	}
+	if u := vols.usedBy("default", "ghost"); len(u) != 1 || u[0].Instance != "nobody" {
+		t.Fatalf("attachment to an unknown instance was touched: %+v", u)
+	}
+}
