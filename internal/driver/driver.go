@@ -142,6 +142,13 @@ type Driver interface {
 	Recover(ctx context.Context, h *Handle) error
 }
 
+// Inventory lists the instances a driver has state for on this host (Handle IDs), whatever the
+// daemon's records say: at start the daemon compares them with its records to find guests whose
+// record was lost. State works on a Handle that carries only such an ID.
+type Inventory interface {
+	InstanceIDs(ctx context.Context) ([]string, error)
+}
+
 // Pauser freezes and thaws a running instance.
 type Pauser interface {
 	Pause(ctx context.Context, h *Handle) error

@@ -51,12 +51,14 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 	for _, a := range have {
 		rec := known[a.Instance]
 		switch {
+		case rec == nil && !strings.HasPrefix(a.Volume, storage.TypeCustom+"/"):
+			unknown = append(unknown, a) // a root volume: the orphan scan reports it
 		case rec == nil:
 			slog.Warn("volume is attached to an instance this host has no record of; left as it is",
 				"pool", a.Pool, "volume", a.Volume, "instance", a.Instance)
 			unknown = append(unknown, a)
-		case rec.Pending != "":
-			// An interrupted create or delete releases its volumes itself.
+		case rec.Pending != "" || !strings.HasPrefix(a.Volume, storage.TypeCustom+"/"):
+			// An interrupted create or delete releases its volumes itself; roots are not disks.
 		case want[attachmentKey(a.Pool, a.Volume, a.Instance)]:
 			found[attachmentKey(a.Pool, a.Volume, a.Instance)] = true
 		default:

@@ -102,7 +102,7 @@ func (f *fakeVolumes) LocalAttachments(context.Context) ([]storage.VolumeAttachm
 	defer f.mu.Unlock()
 	var out []storage.VolumeAttachment
 	for key, v := range f.vols {
-		if v.Type != storage.TypeCustom {
+		if v.Type == storage.TypeImage {
 			continue
 		}
 		for _, a := range v.UsedBy {

@@ -50,6 +50,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return err
 	}
 	m.reconcileAttachments(ctx, recs)
+	m.reportOrphans(ctx)
 	return nil
 }
 

@@ -447,3 +447,45 @@ func TestRecoveryReconcilesAttachments(t *testing.T) {
 		t.Fatalf("attachment to an unknown instance was touched: %+v", u)
 	}
 }
+
+// With its record lost (a deleted or replaced state file), a running guest and its root are
+// reported as orphans at the next start, and nothing else is.
+func TestOrphansAfterLostRecord(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("kept")
+	h.launch("lost")
+	rec, _ := h.st.GetInstance("lost")
+	if err := h.st.DeleteInstance("lost"); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+	vols.leases = map[string]string{} // the daemon's leases died with it
+
+	h2 := newRootHarness(t, dir, vols)
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h2.m.Orphans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []api.Orphan{
+		{Kind: "instance", Driver: "fake", ID: rec.Handle.ID, Status: api.StatusRunning},
+		{Kind: "root", Name: "lost", Pool: "default", Volume: "container/lost"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("orphans %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("orphan %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// The volume of the lost root is left as it was.
+	if u := vols.vols["default/container/lost"]; u == nil || len(u.UsedBy) != 1 {
+		t.Fatalf("lost root touched: %+v", u)
+	}
+}

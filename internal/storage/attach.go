@@ -79,9 +79,9 @@ type VolumeAttachment struct {
 	Attachment
 }
 
-// LocalAttachments lists the attachments this host recorded on custom volumes, over every usable
-// pool (another host's attachments on a shared pool are that host's business). Recovery compares
-// them with what the instances have.
+// LocalAttachments lists the attachments this host recorded on custom volumes and instance roots,
+// over every usable pool (another host's attachments on a shared pool are that host's business).
+// Recovery compares them with what the instances have.
 func (m *Manager) LocalAttachments(ctx context.Context) ([]VolumeAttachment, error) {
 	pools, err := m.ListPools(ctx)
 	if err != nil {
@@ -98,7 +98,7 @@ func (m *Manager) LocalAttachments(ctx context.Context) ([]VolumeAttachment, err
 			return nil, err
 		}
 		for _, v := range vols {
-			if v.Type != TypeCustom {
+			if v.Type == TypeImage {
 				continue
 			}
 			for _, a := range v.UsedBy {

@@ -334,6 +334,10 @@ func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind st
 		if err := busy(p, v); err != nil {
 			return err
 		}
+		// A second copy must never run from a root a live process on this host holds.
+		if why := heldBy(p, v); why != "" {
+			return errdefs.Conflict("root volume %s cannot be taken: it is %s", v.Ref(), why)
+		}
 		for _, a := range v.UsedBy {
 			if a.Instance != instance {
 				return errdefs.Conflict("volume %s is attached to %s: it is no instance root to adopt", v.Ref(), usersOf(v))

@@ -189,3 +189,30 @@ func TestSharedRootAdoptedAndKept(t *testing.T) {
 	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c2", TypeContainer)
 	wantKind(t, err, errdefs.ErrConflict, "other")
 }
+
+// A root that a live process on this host uses (an orphaned guest whose instance record was lost)
+// can be neither taken as another instance's root nor deleted, whatever the records say.
+func TestRootHeldByProcessRefused(t *testing.T) {
+	m, ctx := defaultPool(t)
+	must[*Volume](t)(m.CreateInstanceRoot(ctx, "default", "d1", TypeContainer, ImageSource{RootfsDir: fakeRootfs(t)}, 0))
+	info := must[*RootInfo](t)(m.InstanceRoot(ctx, "default", "d1", TypeContainer))
+	// A container's init has the tree as its root; a working directory is the same identity check
+	// and needs no privilege.
+	cmd := exec.Command("sleep", "30")
+	cmd.Dir = info.Path
+	must0(t, cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+
+	_, err := m.AdoptInstanceRoot(ctx, "default", "d1", TypeContainer)
+	wantKind(t, err, errdefs.ErrConflict, "container/d1", "(sleep)", "used on this host")
+	wantKind(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer), errdefs.ErrConflict, "(sleep)")
+	if _, err := os.Stat(info.Path + "/etc/hostname"); err != nil {
+		t.Fatalf("the held root was touched: %v", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	must0(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer))
+	if _, err := os.Stat(info.Path); !os.IsNotExist(err) {
+		t.Fatalf("root left after delete: %v", err)
+	}
+}

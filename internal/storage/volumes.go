@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // CreateVolume makes an empty volume: an ext4 image (custom filesystem volumes, and anything on a
@@ -209,7 +210,17 @@ func (m *Manager) openBy(p *Pool, v *Volume) string {
 	if f := fileName(v.Format); f != "" && qemuHasOpen(filepath.Join(dataPath(p.Path, v.Type, v.Name), f)) {
 		return "open in a running QEMU"
 	}
-	return ""
+	return heldBy(p, v)
+}
+
+// heldBy names the processes and loop devices of this host that use the volume's data, whatever
+// the records say: a guest whose instance record was lost still runs from its root.
+func heldBy(p *Pool, v *Volume) string {
+	hs, err := fsutil.Holders(filepath.Join(dataPath(p.Path, v.Type, v.Name), fileName(v.Format)))
+	if err != nil || len(hs) == 0 {
+		return ""
+	}
+	return "used on this host: " + fsutil.DescribeHolders(hs) + "; an instance whose record tandemd lost? `tandem host orphans` lists them"
 }
 
 // GetVolume returns a volume's record with its current usage where that is cheap to learn.
