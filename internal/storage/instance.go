@@ -292,7 +292,8 @@ func (m *Manager) gcImage(ctx context.Context, p *Pool, drv poolDriver, image st
 	img, err := m.loadRecord(p, TypeImage, image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil
+			// A copy that failed before its record was written leaves only the lock file we hold.
+			return removeIfExists(lockBase(p.Path, TypeImage, image) + ".meta")
 		}
 		return err
 	}

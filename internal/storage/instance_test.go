@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -214,5 +216,29 @@ func TestRootHeldByProcessRefused(t *testing.T) {
 	must0(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer))
 	if _, err := os.Stat(info.Path); !os.IsNotExist(err) {
 		t.Fatalf("root left after delete: %v", err)
+	}
+}
+
+// A root whose image copy cannot be made (a full pool, a source that fails) leaves nothing in the
+// pool: no record, no data, and no lock file either.
+func TestFailedRootCreateLeavesNoLockFile(t *testing.T) {
+	m, ctx := defaultPool(t)
+	p := must[*Pool](t)(m.GetPool(ctx, "default"))
+	src := ImageSource{Fingerprint: "fp1", Prepare: func(context.Context, *ImageSource) (func(), error) {
+		return nil, errors.New("no space left on device")
+	}}
+	_, err := m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)
+	if err == nil {
+		t.Fatal("create from a failing source succeeded")
+	}
+	var left []string
+	filepath.WalkDir(filepath.Join(p.Path, "locks"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, path)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Fatalf("a failed create left lock files: %v", left)
 	}
 }
