@@ -56,6 +56,11 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 			return nil, err
 		}
 	}
+	if free := freeBytes(p.Path); kind == TypeVM && free < m.minFree {
+		return nil, errdefs.Unavailable("pool %q has only %s free: a VM's disk grows as the guest writes, and in a full pool "+
+			"QEMU pauses the guest on the write error; free space or put the VM on another pool (--storage)",
+			p.Name, units.FormatSize(free))
+	}
 	op := m.newOp("create")
 	defer m.endOp(op)
 	v.Pending = op

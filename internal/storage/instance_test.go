@@ -242,3 +242,25 @@ func TestFailedRootCreateLeavesNoLockFile(t *testing.T) {
 		t.Fatalf("a failed create left lock files: %v", left)
 	}
 }
+
+// A thin VM root is refused on a pool with less free space than the minimum: the guest would fill
+// the pool and QEMU would pause it. Nothing is left behind.
+func TestVMRootRefusedOnFullPool(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "storage")
+	m, err := NewManager(Options{Dir: dir, HostID: "host-a", MinFreeForVM: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx := testCtx(t)
+	p := must[*Pool](t)(m.EnsureDefault(ctx))
+	src := ImageSource{Fingerprint: "f00d", BaseDisk: "/nonexistent", BaseFormat: "raw"}
+	_, err = m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)
+	wantKind(t, err, errdefs.ErrUnavailable, `pool "default" has only`, "free space or put the VM on another pool")
+	if vols := must[[]Volume](t)(m.ListVolumes(ctx, "default")); len(vols) != 0 {
+		t.Fatalf("volumes left: %+v", vols)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(p.Path, "locks", "image")); len(ents) != 0 {
+		t.Fatalf("lock files left: %v", ents)
+	}
+}
