@@ -149,6 +149,12 @@ type Inventory interface {
 	InstanceIDs(ctx context.Context) ([]string, error)
 }
 
+// StatusReasoner says why an instance is in its state when the driver knows more than the status
+// ("" when it has nothing to add): a VM that QEMU paused on a disk I/O error, for one.
+type StatusReasoner interface {
+	StatusReason(ctx context.Context, h *Handle) (string, error)
+}
+
 // Pauser freezes and thaws a running instance.
 type Pauser interface {
 	Pause(ctx context.Context, h *Handle) error

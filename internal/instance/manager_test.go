@@ -215,3 +215,38 @@ func startsOf(t *testing.T, h *harness, name string) int {
 	}
 	return h.drv.Starts(rec.Handle)
 }
+
+// reasonFake is the fake driver with a reason for every pause, as QEMU has for an I/O error.
+type reasonFake struct{ *fake.Driver }
+
+func (reasonFake) StatusReason(context.Context, *driver.Handle) (string, error) {
+	return "paused by QEMU on a disk I/O error", nil
+}
+
+// A pause the driver can explain shows its reason as the instance's status error; a running
+// instance shows none.
+func TestPausedStatusCarriesDriverReason(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := events.NewHub()
+	ops := operations.NewManager(st, hub)
+	fd, _ := fake.New(fake.Options{Dir: filepath.Join(dir, "fake")})
+	reg := driver.NewRegistry()
+	reg.Register("fake", reasonFake{fd}, api.TypeContainer, api.TypeVM)
+	h := &harness{t: t, dir: dir, st: st, ops: ops, drv: fd, m: NewManager(st, reg, ops, hub, nil)}
+	t.Cleanup(h.close)
+	ctx := context.Background()
+	h.launch("v1")
+	if inst, _ := h.m.Get(ctx, "v1"); inst.StatusError != "" {
+		t.Fatalf("running: status error %q", inst.StatusError)
+	}
+	rec, _ := st.GetInstance("v1")
+	fd.Pause(ctx, rec.Handle) // the hypervisor pauses it
+	inst, _ := h.m.Get(ctx, "v1")
+	if inst.Status != api.StatusPaused || inst.StatusError != "paused by QEMU on a disk I/O error" {
+		t.Fatalf("paused: %s %q", inst.Status, inst.StatusError)
+	}
+}
