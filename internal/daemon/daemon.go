@@ -51,6 +51,9 @@ type Config struct {
 	VMUser string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
+	// Recover re-adopts, at start, the instances a lost or replaced state file no longer knows,
+	// from the record copies kept beside it.
+	Recover bool
 }
 
 // SocketPath is where the API's unix socket lives in a daemon dir.
@@ -144,6 +147,13 @@ func Run(ctx context.Context, cfg Config) error {
 	migrations := migrate.New(migrate.Config{Instances: instances, Images: images, Store: st, Cert: cert,
 		Dir: filepath.Join(cfg.Dir, "migrations"), RunDir: filepath.Join(run, "m")})
 	instances.SetMigrationRecovery(migrations)
+	if cfg.Recover {
+		names, err := instances.Readopt(ctx)
+		if err != nil {
+			return fmt.Errorf("re-adopt instances: %w", err)
+		}
+		slog.Info("re-adopted instances from their record copies", "count", len(names), "names", names)
+	}
 	if err := instances.Recover(ctx); err != nil {
 		return fmt.Errorf("recover instances: %w", err)
 	}

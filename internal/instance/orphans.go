@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"time"
 
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/fsutil"
 	"tandem/internal/network"
+	"tandem/internal/store"
 )
 
 // Orphans lists what this host has that no instance record accounts for: guests the drivers still
@@ -30,6 +32,15 @@ func (m *Manager) Orphans(ctx context.Context) ([]api.Orphan, error) {
 		}
 	}
 	out := m.orphanGuests(ctx, ids)
+	if copies, err := m.store.BackupRecords(); err == nil {
+		for i, o := range out {
+			for _, c := range copies {
+				if c.Handle != nil && c.Handle.ID == o.ID {
+					out[i].Name = c.Name
+				}
+			}
+		}
+	}
 	if m.volumes != nil {
 		atts, err := m.volumes.LocalAttachments(ctx)
 		if err != nil {
@@ -113,6 +124,43 @@ func (m *Manager) reportOrphans(ctx context.Context) {
 			"volume", o.Volume, "network", o.Network, "nic", o.NIC, "address", o.Address, "held_by", o.HeldBy)
 	}
 	if len(orphans) > 0 {
-		slog.Warn("orphans found: `tandem host orphans` lists them", "count", len(orphans))
+		slog.Warn("orphans found: `tandem host orphans` lists them; restart tandemd with --recover to re-adopt "+
+			"the instances whose record copy it keeps", "count", len(orphans))
 	}
+}
+
+// Readopt takes back, from the instance records' copies the store keeps beside the state file,
+// the instances the state file no longer knows whose driver still has them (running or not): what
+// `tandemd --recover` does after a state file was lost or replaced. Recover then re-attaches them
+// as after any restart. It returns the names re-adopted.
+func (m *Manager) Readopt(ctx context.Context) ([]string, error) {
+	copies, err := m.store.BackupRecords()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, rec := range copies {
+		log := slog.With("instance", rec.Name)
+		if _, err := m.store.GetInstance(rec.Name); err == nil || rec.Handle == nil {
+			continue // known, or never got as far as a driver
+		}
+		drv, err := m.drivers.ByName(rec.Handle.Driver)
+		if err != nil {
+			log.Warn("not re-adopted: its driver is not available", "err", err)
+			continue
+		}
+		st, err := drv.State(ctx, rec.Handle)
+		if err != nil || st == driver.StatusGone {
+			log.Warn("not re-adopted: its driver has nothing of it left", "status", st, "err", err)
+			continue
+		}
+		rec.Observed = store.ObservedState{Status: apiStatus(st), At: time.Now().UTC()}
+		if err := m.store.CreateInstance(rec); err != nil {
+			log.Error("re-adopt", "err", err)
+			continue
+		}
+		log.Warn("re-adopted an instance the state file had lost, from its record copy", "status", st, "desired", rec.Desired.Power)
+		names = append(names, rec.Name)
+	}
+	return names, nil
 }

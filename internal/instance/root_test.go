@@ -3,6 +3,7 @@ package instance
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -449,7 +450,7 @@ func TestRecoveryReconcilesAttachments(t *testing.T) {
 }
 
 // With its record lost (a deleted or replaced state file), a running guest and its root are
-// reported as orphans at the next start, and nothing else is.
+// reported as orphans at the next start, named from the record's copy, and nothing else is.
 func TestOrphansAfterLostRecord(t *testing.T) {
 	dir := t.TempDir()
 	vols := newFakeVolumes()
@@ -457,14 +458,16 @@ func TestOrphansAfterLostRecord(t *testing.T) {
 	ctx := context.Background()
 	h.launch("kept")
 	h.launch("lost")
+	kept, _ := h.st.GetInstance("kept")
 	rec, _ := h.st.GetInstance("lost")
-	if err := h.st.DeleteInstance("lost"); err != nil {
-		t.Fatal(err)
-	}
 	h.close()
 	vols.leases = map[string]string{} // the daemon's leases died with it
+	os.Remove(filepath.Join(dir, "state.db"))
 
 	h2 := newRootHarness(t, dir, vols)
+	if err := h2.st.CreateInstance(kept); err != nil { // the new state file knows only this one
+		t.Fatal(err)
+	}
 	if err := h2.m.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +476,7 @@ func TestOrphansAfterLostRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []api.Orphan{
-		{Kind: "instance", Driver: "fake", ID: rec.Handle.ID, Status: api.StatusRunning},
+		{Kind: "instance", Driver: "fake", ID: rec.Handle.ID, Status: api.StatusRunning, Name: "lost"},
 		{Kind: "root", Name: "lost", Pool: "default", Volume: "container/lost"},
 	}
 	if len(got) != len(want) {
@@ -487,5 +490,50 @@ func TestOrphansAfterLostRecord(t *testing.T) {
 	// The volume of the lost root is left as it was.
 	if u := vols.vols["default/container/lost"]; u == nil || len(u.UsedBy) != 1 {
 		t.Fatalf("lost root touched: %+v", u)
+	}
+}
+
+// With the state file lost, `tandemd --recover` re-adopts the running guest from its record copy:
+// it is listed again, running, with its root taken back, and nothing is left orphaned.
+func TestReadoptAfterLostStateFile(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("c1")
+	h.close()
+	vols.leases = map[string]string{}
+	if err := os.Remove(filepath.Join(dir, "state.db")); err != nil {
+		t.Fatal(err)
+	}
+
+	h2 := newRootHarness(t, dir, vols)
+	if list, _ := h2.m.List(ctx); len(list) != 0 {
+		t.Fatalf("a new state file lists %+v", list)
+	}
+	names, err := h2.m.Readopt(ctx)
+	if err != nil || len(names) != 1 || names[0] != "c1" {
+		t.Fatalf("readopt: %v %v", names, err)
+	}
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.status("c1"); got != api.StatusRunning {
+		t.Fatalf("re-adopted c1 is %s", got)
+	}
+	if !vols.leased("default", "container/c1") {
+		t.Fatal("the re-adopted instance's root lease was not taken back")
+	}
+	if orphans, err := h2.m.Orphans(ctx); err != nil || len(orphans) != 0 {
+		t.Fatalf("orphans after re-adoption: %+v %v", orphans, err)
+	}
+	// Again: nothing more to take.
+	if names, err := h2.m.Readopt(ctx); err != nil || len(names) != 0 {
+		t.Fatalf("second readopt: %v %v", names, err)
+	}
+	// A deleted instance's copy goes with it: nothing to re-adopt later.
+	h2.mustRun(h2.m.Delete(ctx, "c1", true))
+	if recs, _ := h2.st.BackupRecords(); len(recs) != 0 {
+		t.Fatalf("copies left after delete: %+v", recs)
 	}
 }

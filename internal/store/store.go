@@ -70,6 +70,7 @@ type ObservedState struct {
 // Store is a bbolt-backed state file.
 type Store struct {
 	db         *bolt.DB
+	backups    string   // the instance records' copies (backup.go)
 	corruptOps sync.Map // keys of undecodable operation records already logged
 }
 
@@ -86,7 +87,7 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate state file %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, backups: backupDir(path)}, nil
 }
 
 // Close closes the state file.
@@ -104,13 +105,17 @@ func (s *Store) SchemaVersion() (int, error) {
 
 // CreateInstance stores a new instance; it fails with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateInstance(rec *InstanceRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
 		if b.Get([]byte(rec.Name)) != nil {
 			return errdefs.Exists("instance %q already exists", rec.Name)
 		}
 		return putJSON(b, rec.Name, rec)
 	})
+	if err == nil {
+		s.backup(rec)
+	}
+	return err
 }
 
 // GetInstance returns one instance or ErrNotFound.
@@ -161,18 +166,23 @@ func (s *Store) UpdateInstance(name string, fn func(*InstanceRecord) error) (*In
 	if err != nil {
 		return nil, err
 	}
+	s.backup(rec)
 	return rec, nil
 }
 
 // DeleteInstance removes an instance; ErrNotFound if it is not there.
 func (s *Store) DeleteInstance(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
 		if b.Get([]byte(name)) == nil {
 			return errdefs.NotFound("instance %q not found", name)
 		}
 		return b.Delete([]byte(name))
 	})
+	if err == nil {
+		s.dropBackup(name)
+	}
+	return err
 }
 
 // PutOperation creates or replaces an operation record.

@@ -46,7 +46,7 @@ func (d *daemonHarness) waitInfo(name string, timeout time.Duration, what string
 
 // With state.db deleted, the daemon starts knowing nothing while the old container runs on. It
 // must say so (log and `host orphans`), refuse to start a second copy on the orphan's root with
-// --existing-root, and leave that root alone.
+// --existing-root, and leave that root alone; `tandemd --recover` then re-adopts it.
 func TestRecoveryLostStateFileOrphans(t *testing.T) {
 	h := rootsDaemon(t)
 	h.must("launch", "busybox", "d1")
@@ -91,9 +91,27 @@ func TestRecoveryLostStateFileOrphans(t *testing.T) {
 		t.Fatalf("the refused launch left instances: %+v", list)
 	}
 	// The orphan's root is intact.
-	mark, err := filepath.Glob(filepath.Join(h.dir, "storage", "pools", "default", "volumes", "container", "d1", "root", "mark"))
-	if err != nil || len(mark) != 1 {
-		t.Fatalf("the orphan's root lost its files: %v %v", mark, err)
+	mark := filepath.Join(h.dir, "storage", "pools", "default", "volumes", "container", "d1", "root", "mark")
+	if _, err := os.Stat(mark); err != nil {
+		t.Fatalf("the orphan's root lost its files: %v", err)
+	}
+
+	// tandemd --recover re-adopts it from its record copy: managed again, as it was.
+	h.stop(syscall.SIGTERM)
+	h.args = append(h.args, "--recover")
+	h.start()
+	if inst := h.info("d1"); inst.Status != api.StatusRunning {
+		t.Fatalf("re-adopted d1 is %s", inst.Status)
+	}
+	if got := h.sh("d1", "cat /root/mark"); got != "mine" {
+		t.Fatalf("re-adopted d1 runs from another root: %q", got)
+	}
+	if out := h.must("host", "orphans", "--format", "json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("orphans after re-adoption: %s", out)
+	}
+	h.must("delete", "--force", "d1")
+	if _, err := os.Stat(mark); !os.IsNotExist(err) {
+		t.Fatalf("root left after deleting the re-adopted instance: %v", err)
 	}
 }
 
