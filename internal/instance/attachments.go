@@ -26,16 +26,17 @@ func attachmentKey(pool, ref, instance string) string {
 // are written one after the other (volume first), so a crash between them leaves a volume attached
 // to an instance that does not have it (it can then be neither deleted nor attached elsewhere, and
 // detach says it is not attached), or the reverse. The instance record is the truth: a stale
-// attachment is dropped, a missing one is recorded again. Attachments to instances this host does
-// not know are left alone and returned: they may belong to a guest whose record was lost.
-func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.InstanceRecord) []storage.VolumeAttachment {
+// attachment is dropped, a missing one is recorded again. Attachments to instances this host has
+// no record of are left alone: they may belong to a guest whose record was lost (Orphans lists
+// them).
+func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.InstanceRecord) {
 	if m.volumes == nil {
-		return nil
+		return
 	}
 	have, err := m.volumes.LocalAttachments(ctx)
 	if err != nil {
 		slog.Error("list volume attachments to reconcile them", "err", err)
-		return nil
+		return
 	}
 	known := map[string]*store.InstanceRecord{}
 	want := map[string]bool{}
@@ -46,21 +47,15 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 			want[attachmentKey(diskPool(dev), dev["source"], rec.Name)] = true
 		}
 	}
-	var unknown []storage.VolumeAttachment
 	found := map[string]bool{}
 	for _, a := range have {
-		rec := known[a.Instance]
+		rec, key := known[a.Instance], attachmentKey(a.Pool, a.Volume, a.Instance)
 		switch {
-		case rec == nil && !strings.HasPrefix(a.Volume, storage.TypeCustom+"/"):
-			unknown = append(unknown, a) // a root volume: the orphan scan reports it
-		case rec == nil:
-			slog.Warn("volume is attached to an instance this host has no record of; left as it is",
-				"pool", a.Pool, "volume", a.Volume, "instance", a.Instance)
-			unknown = append(unknown, a)
-		case rec.Pending != "" || !strings.HasPrefix(a.Volume, storage.TypeCustom+"/"):
-			// An interrupted create or delete releases its volumes itself; roots are not disks.
-		case want[attachmentKey(a.Pool, a.Volume, a.Instance)]:
-			found[attachmentKey(a.Pool, a.Volume, a.Instance)] = true
+		case rec == nil || rec.Pending != "" || !strings.HasPrefix(a.Volume, storage.TypeCustom+"/"):
+			// Unknown (an orphan), settling its own volumes (an interrupted create or delete), or a
+			// root (not a disk device).
+		case want[key]:
+			found[key] = true
 		default:
 			slog.Warn("dropping a stale attachment: the instance has no such disk (a crash cut an attach or detach short)",
 				"pool", a.Pool, "volume", a.Volume, "instance", a.Instance)
@@ -84,5 +79,4 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 			}
 		}
 	}
-	return unknown
 }

@@ -72,7 +72,7 @@ func (m *Manager) Detach(ctx context.Context, pool, vol, instance string) error 
 	return err
 }
 
-// VolumeAttachment is one attachment of a custom volume, with where the volume is.
+// VolumeAttachment is one attachment of a volume (custom, or an instance root), with where it is.
 type VolumeAttachment struct {
 	Pool   string // this host's name for the pool
 	Volume string // TYPE/NAME

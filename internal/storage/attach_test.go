@@ -71,7 +71,7 @@ func TestQEMULockedDiskRefused(t *testing.T) {
 	must0(t, m.DeleteVolume(ctx, "default", "d"))
 }
 
-// LocalAttachments lists this host's attachments of custom volumes, for recovery to reconcile.
+// LocalAttachments lists this host's attachments, for recovery to reconcile and orphans to report.
 func TestLocalAttachments(t *testing.T) {
 	needTool(t, "qemu-img")
 	m, ctx := defaultPool(t)
