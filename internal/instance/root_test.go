@@ -449,6 +449,18 @@ func TestRecoveryReconcilesAttachments(t *testing.T) {
 	}
 }
 
+// loseStateFile is a daemon killed and restarted on a new, empty state file: its guests and their
+// roots stay, its leases went with the process.
+func (h *rootHarness) loseStateFile() *rootHarness {
+	h.t.Helper()
+	h.close()
+	h.vols.leases = map[string]string{}
+	if err := os.Remove(filepath.Join(h.dir, "state.db")); err != nil {
+		h.t.Fatal(err)
+	}
+	return newRootHarness(h.t, h.dir, h.vols)
+}
+
 // With its record lost (a deleted or replaced state file), a running guest and its root are
 // reported as orphans at the next start, named from the record's copy, and nothing else is.
 func TestOrphansAfterLostRecord(t *testing.T) {
@@ -460,11 +472,7 @@ func TestOrphansAfterLostRecord(t *testing.T) {
 	h.launch("lost")
 	kept, _ := h.st.GetInstance("kept")
 	rec, _ := h.st.GetInstance("lost")
-	h.close()
-	vols.leases = map[string]string{} // the daemon's leases died with it
-	os.Remove(filepath.Join(dir, "state.db"))
-
-	h2 := newRootHarness(t, dir, vols)
+	h2 := h.loseStateFile()
 	if err := h2.st.CreateInstance(kept); err != nil { // the new state file knows only this one
 		t.Fatal(err)
 	}
@@ -501,13 +509,7 @@ func TestReadoptAfterLostStateFile(t *testing.T) {
 	h := newRootHarness(t, dir, vols)
 	ctx := context.Background()
 	h.launch("c1")
-	h.close()
-	vols.leases = map[string]string{}
-	if err := os.Remove(filepath.Join(dir, "state.db")); err != nil {
-		t.Fatal(err)
-	}
-
-	h2 := newRootHarness(t, dir, vols)
+	h2 := h.loseStateFile()
 	if list, _ := h2.m.List(ctx); len(list) != 0 {
 		t.Fatalf("a new state file lists %+v", list)
 	}
