@@ -64,3 +64,23 @@ type DriverInfo struct {
 	// (criu dump did not finish …)" or "being probed").
 	Missing map[string]string `json:"missing,omitempty" yaml:"missing,omitempty"`
 }
+
+// Orphan is something on this host that tandemd has no instance record for: a guest a driver still
+// has (running or not), an instance root volume, a volume attachment or a network lease. It is
+// what a lost state file leaves behind. GET /1.0/host/orphans lists them.
+type Orphan struct {
+	// Kind is "instance" (driver state, maybe a running guest), "root" (a root volume on a pool),
+	// "attachment" (a custom volume's used_by) or "lease" (a NIC's address on a network).
+	Kind    string `json:"kind" yaml:"kind"`
+	Name    string `json:"name,omitempty" yaml:"name,omitempty"` // the instance's name, where known
+	Driver  string `json:"driver,omitempty" yaml:"driver,omitempty"`
+	ID      string `json:"id,omitempty" yaml:"id,omitempty"`
+	Status  string `json:"status,omitempty" yaml:"status,omitempty"`
+	Pool    string `json:"pool,omitempty" yaml:"pool,omitempty"`
+	Volume  string `json:"volume,omitempty" yaml:"volume,omitempty"`
+	Network string `json:"network,omitempty" yaml:"network,omitempty"`
+	NIC     string `json:"nic,omitempty" yaml:"nic,omitempty"`
+	Address string `json:"address,omitempty" yaml:"address,omitempty"`
+	// HeldBy names what on this host uses a root (a live process, a loop device).
+	HeldBy string `json:"held_by,omitempty" yaml:"held_by,omitempty"`
+}

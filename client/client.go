@@ -255,6 +255,15 @@ func (c *Client) GetServer(ctx context.Context) (map[string]any, error) {
 	return out, nil
 }
 
+// GetOrphans lists what the host has that the daemon has no instance record for.
+func (c *Client) GetOrphans(ctx context.Context) ([]api.Orphan, error) {
+	var out []api.Orphan
+	if err := c.do(ctx, http.MethodGet, "/1.0/host/orphans", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GetHost returns what the host is and what it can run.
 func (c *Client) GetHost(ctx context.Context) (*api.Host, error) {
 	var out api.Host

@@ -31,7 +31,41 @@ func newHostCmd(a *app) *cobra.Command {
 			return a.render(h, func(w io.Writer) error { printHost(w, h); return nil })
 		},
 	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "orphans",
+		Short: "List guests, root volumes, volume attachments and addresses no instance record accounts for (a lost state file leaves them)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.GetOrphans(ctx(cmd))
+			if err != nil {
+				return err
+			}
+			return a.render(list, func(w io.Writer) error { printOrphans(w, list); return nil })
+		},
+	})
 	return cmd
+}
+
+func printOrphans(w io.Writer, list []api.Orphan) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "No orphans: every guest, root, attachment and address has an instance record.")
+		return
+	}
+	for _, o := range list {
+		var s []string
+		for _, kv := range [][2]string{{"name", o.Name}, {"driver", o.Driver}, {"id", o.ID}, {"status", o.Status},
+			{"pool", o.Pool}, {"volume", o.Volume}, {"network", o.Network}, {"nic", o.NIC}, {"address", o.Address},
+			{"held by", o.HeldBy}} {
+			if kv[1] != "" {
+				s = append(s, kv[0]+": "+kv[1])
+			}
+		}
+		fmt.Fprintf(w, "%s\t%s\n", o.Kind, strings.Join(s, ", "))
+	}
 }
 
 func printHost(w io.Writer, h *api.Host) {

@@ -25,6 +25,7 @@ func main() {
 	flag.StringVar(&cfg.Driver, "driver", "auto", "drivers to use: auto (what this host can run) or fake (testing)")
 	flag.DurationVar(&cfg.FakeDelay, "fake-delay", 0, "with --driver=fake, how long create/start/stop take")
 	flag.BoolVar(&cfg.Networking, "network", true, "manage networks (bridges, NAT, DHCP, DNS)")
+	flag.BoolVar(&cfg.Recover, "recover", false, "re-adopt the instances a lost or replaced state.db no longer knows (from their record copies)")
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "VM accelerator: auto (KVM when usable), kvm or tcg")
 	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this unprivileged user (default: as root)")

@@ -55,6 +55,9 @@ type Config struct {
 	// restore (0: the driver's default, 20 s, plus 1 s per 100 MiB of the container's memory).
 	CRIU        string
 	CRIUTimeout time.Duration
+	// Recover re-adopts, at start, the instances a lost or replaced state file no longer knows,
+	// from the record copies kept beside it.
+	Recover bool
 }
 
 // SocketPath is where the API's unix socket lives in a daemon dir.
@@ -148,6 +151,13 @@ func Run(ctx context.Context, cfg Config) error {
 	migrations := migrate.New(migrate.Config{Instances: instances, Images: images, Store: st, Cert: cert,
 		Dir: filepath.Join(cfg.Dir, "migrations"), RunDir: filepath.Join(run, "m")})
 	instances.SetMigrationRecovery(migrations)
+	if cfg.Recover {
+		names, err := instances.Readopt(ctx)
+		if err != nil {
+			return fmt.Errorf("re-adopt instances: %w", err)
+		}
+		slog.Info("re-adopted instances from their record copies", "count", len(names), "names", names)
+	}
 	if err := instances.Recover(ctx); err != nil {
 		return fmt.Errorf("recover instances: %w", err)
 	}

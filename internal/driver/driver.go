@@ -145,6 +145,19 @@ type Driver interface {
 	Recover(ctx context.Context, h *Handle) error
 }
 
+// Inventory lists the instances a driver has state for on this host (Handle IDs), whatever the
+// daemon's records say: at start the daemon compares them with its records to find guests whose
+// record was lost. State works on a Handle that carries only such an ID.
+type Inventory interface {
+	InstanceIDs(ctx context.Context) ([]string, error)
+}
+
+// StatusReasoner says why an instance is in its state when the driver knows more than the status
+// ("" when it has nothing to add): a VM that QEMU paused on a disk I/O error, for one.
+type StatusReasoner interface {
+	StatusReason(ctx context.Context, h *Handle) (string, error)
+}
+
 // Pauser freezes and thaws a running instance.
 type Pauser interface {
 	Pause(ctx context.Context, h *Handle) error

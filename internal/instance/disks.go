@@ -20,6 +20,7 @@ type Volumes interface {
 	GetVolume(ctx context.Context, pool, vol string) (*storage.Volume, error)
 	Attach(ctx context.Context, pool, vol, instance string, readonly bool) error
 	Detach(ctx context.Context, pool, vol, instance string) error
+	LocalAttachments(ctx context.Context) ([]storage.VolumeAttachment, error)
 	Acquire(ctx context.Context, pool, vol, holder string) (release func() error, err error)
 	MountVolume(ctx context.Context, pool, vol string) (string, func() error, error)
 	VolumePath(pool, vol string) (string, error)

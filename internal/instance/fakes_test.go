@@ -23,6 +23,8 @@ type fakeVolumes struct {
 	leases map[string]string          // "pool/TYPE/NAME" -> holder ("elsewhere": another host)
 	fail   map[string]error           // method -> error, returned once
 	calls  []string
+	// snapGate, if set, holds SnapshotVolume until it is closed (a snapshot caught mid-copy).
+	snapGate chan struct{}
 }
 
 func newFakeVolumes() *fakeVolumes {
@@ -75,8 +77,54 @@ func (f *fakeVolumes) GetVolume(_ context.Context, pool, ref string) (*storage.V
 	return &c, nil
 }
 
-func (f *fakeVolumes) Attach(context.Context, string, string, string, bool) error { return nil }
-func (f *fakeVolumes) Detach(context.Context, string, string, string) error       { return nil }
+// Attach and Detach keep used_by on volumes the fake has, and accept any other.
+func (f *fakeVolumes) Attach(_ context.Context, pool, ref, instance string, readonly bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, err := f.vol(pool, customRef(ref)); err == nil {
+		v.UsedBy = slices.DeleteFunc(v.UsedBy, func(a storage.Attachment) bool { return a.Instance == instance })
+		v.UsedBy = append(v.UsedBy, storage.Attachment{Instance: instance, ReadOnly: readonly, Host: "here"})
+	}
+	return nil
+}
+
+func (f *fakeVolumes) Detach(_ context.Context, pool, ref, instance string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, err := f.vol(pool, customRef(ref)); err == nil {
+		v.UsedBy = slices.DeleteFunc(v.UsedBy, func(a storage.Attachment) bool { return a.Instance == instance })
+	}
+	return nil
+}
+
+func (f *fakeVolumes) LocalAttachments(context.Context) ([]storage.VolumeAttachment, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []storage.VolumeAttachment
+	for key, v := range f.vols {
+		if v.Type == storage.TypeImage {
+			continue
+		}
+		for _, a := range v.UsedBy {
+			out = append(out, storage.VolumeAttachment{Pool: strings.SplitN(key, "/", 2)[0], Volume: v.Ref(), Attachment: a})
+		}
+	}
+	return out, nil
+}
+
+// addCustom makes a custom volume in the fake.
+func (f *fakeVolumes) addCustom(pool, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vols[pool+"/custom/"+name] = &storage.Volume{Pool: pool, Name: name, Type: storage.TypeCustom,
+		ContentType: storage.ContentBlock, State: storage.StateReady}
+}
+
+func (f *fakeVolumes) usedBy(pool, name string) []storage.Attachment {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.vols[pool+"/custom/"+name].UsedBy)
+}
 
 func (f *fakeVolumes) Acquire(_ context.Context, pool, ref, holder string) (func() error, error) {
 	f.mu.Lock()
@@ -204,6 +252,9 @@ func (f *fakeVolumes) ResizeVolume(_ context.Context, pool, ref string, size uin
 }
 
 func (f *fakeVolumes) SnapshotVolume(_ context.Context, pool, ref, snap string) error {
+	if f.snapGate != nil {
+		<-f.snapGate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.enter("SnapshotVolume"); err != nil {

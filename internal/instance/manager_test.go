@@ -31,6 +31,12 @@ type harness struct {
 // outlive the manager, as real ones outlive the daemon).
 func newHarness(t *testing.T, dir string, delay time.Duration) *harness {
 	t.Helper()
+	return newHarnessWith(t, dir, delay, func(d *fake.Driver) driver.Driver { return d })
+}
+
+// newHarnessWith is newHarness with the fake wrapped (capabilities added) by wrap.
+func newHarnessWith(t *testing.T, dir string, delay time.Duration, wrap func(*fake.Driver) driver.Driver) *harness {
+	t.Helper()
 	st, err := store.Open(filepath.Join(dir, "state.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +45,7 @@ func newHarness(t *testing.T, dir string, delay time.Duration) *harness {
 	ops := operations.NewManager(st, hub)
 	drv, _ := fake.New(fake.Options{Dir: filepath.Join(dir, "fake"), Delay: delay})
 	reg := driver.NewRegistry()
-	reg.Register("fake", drv, api.TypeContainer, api.TypeVM)
+	reg.Register("fake", wrap(drv), api.TypeContainer, api.TypeVM)
 	h := &harness{t: t, dir: dir, st: st, ops: ops, drv: drv, m: NewManager(st, reg, ops, hub, nil)}
 	t.Cleanup(h.close)
 	return h
@@ -214,4 +220,28 @@ func startsOf(t *testing.T, h *harness, name string) int {
 		t.Fatal(err)
 	}
 	return h.drv.Starts(rec.Handle)
+}
+
+// reasonFake is the fake driver with a reason for every pause, as QEMU has for an I/O error.
+type reasonFake struct{ *fake.Driver }
+
+func (reasonFake) StatusReason(context.Context, *driver.Handle) (string, error) {
+	return "paused by QEMU on a disk I/O error", nil
+}
+
+// A pause the driver can explain shows its reason as the instance's status error; a running
+// instance shows none.
+func TestPausedStatusCarriesDriverReason(t *testing.T) {
+	h := newHarnessWith(t, t.TempDir(), 0, func(d *fake.Driver) driver.Driver { return reasonFake{d} })
+	ctx := context.Background()
+	h.launch("v1")
+	if inst, _ := h.m.Get(ctx, "v1"); inst.StatusError != "" {
+		t.Fatalf("running: status error %q", inst.StatusError)
+	}
+	rec, _ := h.st.GetInstance("v1")
+	h.drv.Pause(ctx, rec.Handle) // the hypervisor pauses it
+	inst, _ := h.m.Get(ctx, "v1")
+	if inst.Status != api.StatusPaused || inst.StatusError != "paused by QEMU on a disk I/O error" {
+		t.Fatalf("paused: %s %q", inst.Status, inst.StatusError)
+	}
 }

@@ -102,6 +102,12 @@ func (m *Manager) view(ctx context.Context, rec *store.InstanceRecord) *api.Inst
 	default:
 		inst.Status, inst.StatusError = apiStatus(st), ""
 	}
+	if r, ok := drv.(driver.StatusReasoner); ok && st == driver.StatusPaused {
+		// Paused by the hypervisor, not the user (a full pool): say why.
+		if reason, err := r.StatusReason(qctx, rec.Handle); err == nil {
+			inst.StatusError = reason
+		}
+	}
 	if st == driver.StatusStopped {
 		m.letIdleRootGo(qctx, rec, drv) // it shut itself down: its disk is free for other hosts
 	}

@@ -45,6 +45,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 		}
 		m.recoverOne(ctx, rec, drv, log)
 	}
+	// Interrupted creates and deletes are settled above; what is left is the truth for volumes.
+	if recs, err = m.store.ListInstances(); err != nil {
+		return err
+	}
+	m.reconcileAttachments(ctx, recs)
+	m.reportOrphans(ctx)
 	return nil
 }
 
@@ -60,6 +66,9 @@ func (m *Manager) recoverOne(ctx context.Context, rec *store.InstanceRecord, drv
 		return
 	}
 	m.saveHandle(ctx, rec.Name, drv, rec.Handle)
+	if rec.PausedBy != "" {
+		st = m.undoOwnPause(ctx, rec, drv, st, log)
+	}
 	if st == driver.StatusGone {
 		log.Error("driver lost the instance")
 		return
@@ -82,6 +91,40 @@ func (m *Manager) recoverOne(ctx context.Context, rec *store.InstanceRecord, drv
 		}
 	}
 	log.Info("re-attached", "status", st, "desired", rec.Desired.Power)
+}
+
+// undoOwnPause resumes an instance that tandem paused (a snapshot) and a crash left paused, when the
+// user wants it running, and drops the mark once the pause is gone. It returns the status after.
+func (m *Manager) undoOwnPause(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, st driver.Status, log *slog.Logger) driver.Status {
+	if st == driver.StatusPaused && rec.Desired.Power == api.PowerRunning {
+		p, ok := drv.(driver.Pauser)
+		if !ok {
+			return st
+		}
+		if err := p.Resume(ctx, rec.Handle); err != nil {
+			log.Error("resume an instance a "+rec.PausedBy+" left paused", "err", err)
+			m.observe(rec.Name, api.StatusPaused, "paused by an interrupted "+rec.PausedBy+"; resume failed: "+err.Error())
+			return st
+		}
+		log.Warn("resumed an instance an interrupted " + rec.PausedBy + " had left paused")
+		st = driver.StatusRunning
+	}
+	if st != driver.StatusPaused || rec.Desired.Power != api.PowerRunning {
+		m.setPausedBy(rec.Name, "")
+	}
+	return st
+}
+
+// setPausedBy records (why) or clears ("") tandem's own pause of an instance.
+func (m *Manager) setPausedBy(name, why string) error {
+	_, err := m.store.UpdateInstance(name, func(r *store.InstanceRecord) error {
+		r.PausedBy = why
+		return nil
+	})
+	if err != nil {
+		slog.Error("record why the instance is paused", "instance", name, "paused_by", why, "err", err)
+	}
+	return err
 }
 
 func (m *Manager) observe(name, status, msg string) {

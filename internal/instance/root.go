@@ -10,6 +10,7 @@ import (
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 	"tandem/internal/storage"
 	"tandem/internal/store"
 	"tandem/internal/units"
@@ -85,10 +86,17 @@ func (m *Manager) checkNewRoot(ctx context.Context, name, kind string, devices m
 	if _, err := m.volumes.GetPool(ctx, pool); err != nil {
 		return err
 	}
-	_, err := m.volumes.InstanceRoot(ctx, pool, name, kind)
+	info, err := m.volumes.InstanceRoot(ctx, pool, name, kind)
 	switch {
 	case existing && err != nil:
 		return fmt.Errorf("existing root: %w", err)
+	case existing:
+		// Never a second copy on a root a live process of this host runs from (a guest whose
+		// record was lost): refused before anything is reserved, its address included.
+		if hs, herr := fsutil.Holders(info.Path); herr == nil && len(hs) > 0 {
+			return errdefs.Conflict("the root volume %s/%s on pool %q is in use on this host (%s): is an instance whose record tandemd lost still running? `tandem host orphans` lists them",
+				kind, name, pool, fsutil.DescribeHolders(hs))
+		}
 	case !existing && err == nil:
 		return errdefs.Exists("storage pool %q already holds a root volume %s/%s (another host's instance on a shared pool? "+
 			"take it with --existing-root)", pool, kind, name)

@@ -3,6 +3,7 @@ package instance
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -359,5 +360,182 @@ func TestRootRecovery(t *testing.T) {
 	}
 	if len(vols.vols) != 1 || vols.vols["default/container/runs"] == nil {
 		t.Fatalf("volumes after recovery: %v", vols.vols)
+	}
+}
+
+// A daemon killed while a snapshot has the instance paused leaves it paused with desired running.
+// The pause is recorded as the snapshot's, so recovery undoes it; a pause the user asked for stays.
+func TestRecoveryUndoesSnapshotPause(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	gate := make(chan struct{})
+	defer close(gate) // lets the first daemon's snapshot goroutine end after the test
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("snapped")
+	h.launch("userpaused")
+	h.mustRun(h.m.ChangeState(ctx, "userpaused", api.InstanceStatePut{Action: api.ActionPause}))
+
+	vols.snapGate = gate
+	if _, err := h.m.CreateSnapshot(ctx, "snapped", api.InstanceSnapshotsPost{Name: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.status("snapped") != api.StatusPaused {
+		if time.Now().After(deadline) {
+			t.Fatal("the snapshot did not pause the instance")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rec, _ := h.st.GetInstance("snapped"); rec.PausedBy != store.PausedBySnapshot {
+		t.Fatalf("mid-snapshot record: paused_by %q, want %q", rec.PausedBy, store.PausedBySnapshot)
+	}
+	// The crash: the state file is let go with the snapshot still in its copy; nothing resumes.
+	h.st.Close()
+	vols.leases = map[string]string{}
+
+	h2 := newRootHarness(t, dir, vols)
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.status("snapped"); got != api.StatusRunning {
+		t.Fatalf("after recovery the snapshot's instance is %s, want Running", got)
+	}
+	if rec, _ := h2.st.GetInstance("snapped"); rec.PausedBy != "" || rec.Desired.Power != api.PowerRunning {
+		t.Fatalf("after recovery: paused_by %q desired %q", rec.PausedBy, rec.Desired.Power)
+	}
+	if got := h2.status("userpaused"); got != api.StatusPaused {
+		t.Fatalf("the user's pause was undone: %s", got)
+	}
+}
+
+// A daemon killed between recording an attachment on the volume and on the instance leaves a stale
+// used_by (or, cut short in a detach, an instance whose volume forgot it). Recovery makes the
+// volumes agree with the instance records, and leaves attachments to unknown instances alone.
+func TestRecoveryReconcilesAttachments(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	vols.addCustom("default", "stale")
+	vols.addCustom("default", "lost")
+	vols.addCustom("default", "ghost")
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("c1")
+	h.mustRun(h.m.Create(ctx, api.InstancesPost{Name: "c2", Image: "busybox",
+		Devices: api.Devices{"data": {"type": "disk", "source": "lost", "path": "/mnt"}}}))
+	if u := vols.usedBy("default", "lost"); len(u) != 1 || u[0].Instance != "c2" {
+		t.Fatalf("create did not attach: %+v", u)
+	}
+	// What the crashes left: "stale" attached to c1 whose record never got the disk, "lost"
+	// forgotten by the volume while c2 has it, "ghost" attached to an instance nobody knows.
+	vols.Attach(ctx, "default", "stale", "c1", false)
+	vols.Detach(ctx, "default", "lost", "c2")
+	vols.Attach(ctx, "default", "ghost", "nobody", false)
+	h.close()
+	vols.leases = map[string]string{}
+
+	h2 := newRootHarness(t, dir, vols)
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := vols.usedBy("default", "stale"); len(u) != 0 {
+		t.Fatalf("stale attachment kept: %+v", u)
+	}
+	if u := vols.usedBy("default", "lost"); len(u) != 1 || u[0].Instance != "c2" {
+		t.Fatalf("lost attachment not recorded again: %+v", u)
+	}
+	if u := vols.usedBy("default", "ghost"); len(u) != 1 || u[0].Instance != "nobody" {
+		t.Fatalf("attachment to an unknown instance was touched: %+v", u)
+	}
+}
+
+// loseStateFile is a daemon killed and restarted on a new, empty state file: its guests and their
+// roots stay, its leases went with the process.
+func (h *rootHarness) loseStateFile() *rootHarness {
+	h.t.Helper()
+	h.close()
+	h.vols.leases = map[string]string{}
+	if err := os.Remove(filepath.Join(h.dir, "state.db")); err != nil {
+		h.t.Fatal(err)
+	}
+	return newRootHarness(h.t, h.dir, h.vols)
+}
+
+// With its record lost (a deleted or replaced state file), a running guest and its root are
+// reported as orphans at the next start, named from the record's copy, and nothing else is.
+func TestOrphansAfterLostRecord(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("kept")
+	h.launch("lost")
+	kept, _ := h.st.GetInstance("kept")
+	rec, _ := h.st.GetInstance("lost")
+	h2 := h.loseStateFile()
+	if err := h2.st.CreateInstance(kept); err != nil { // the new state file knows only this one
+		t.Fatal(err)
+	}
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h2.m.Orphans(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []api.Orphan{
+		{Kind: "instance", Driver: "fake", ID: rec.Handle.ID, Status: api.StatusRunning, Name: "lost"},
+		{Kind: "root", Name: "lost", Pool: "default", Volume: "container/lost"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("orphans %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("orphan %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// The volume of the lost root is left as it was.
+	if u := vols.vols["default/container/lost"]; u == nil || len(u.UsedBy) != 1 {
+		t.Fatalf("lost root touched: %+v", u)
+	}
+}
+
+// With the state file lost, `tandemd --recover` re-adopts the running guest from its record copy:
+// it is listed again, running, with its root taken back, and nothing is left orphaned.
+func TestReadoptAfterLostStateFile(t *testing.T) {
+	dir := t.TempDir()
+	vols := newFakeVolumes()
+	h := newRootHarness(t, dir, vols)
+	ctx := context.Background()
+	h.launch("c1")
+	h2 := h.loseStateFile()
+	if list, _ := h2.m.List(ctx); len(list) != 0 {
+		t.Fatalf("a new state file lists %+v", list)
+	}
+	names, err := h2.m.Readopt(ctx)
+	if err != nil || len(names) != 1 || names[0] != "c1" {
+		t.Fatalf("readopt: %v %v", names, err)
+	}
+	if err := h2.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h2.status("c1"); got != api.StatusRunning {
+		t.Fatalf("re-adopted c1 is %s", got)
+	}
+	if !vols.leased("default", "container/c1") {
+		t.Fatal("the re-adopted instance's root lease was not taken back")
+	}
+	if orphans, err := h2.m.Orphans(ctx); err != nil || len(orphans) != 0 {
+		t.Fatalf("orphans after re-adoption: %+v %v", orphans, err)
+	}
+	// Again: nothing more to take.
+	if names, err := h2.m.Readopt(ctx); err != nil || len(names) != 0 {
+		t.Fatalf("second readopt: %v %v", names, err)
+	}
+	// A deleted instance's copy goes with it: nothing to re-adopt later.
+	h2.mustRun(h2.m.Delete(ctx, "c1", true))
+	if recs, _ := h2.st.BackupRecords(); len(recs) != 0 {
+		t.Fatalf("copies left after delete: %+v", recs)
 	}
 }

@@ -138,13 +138,20 @@ func (m *Manager) snapshot(ctx context.Context, name string, req api.InstanceSna
 	}
 	if st == driver.StatusRunning || st == driver.StatusPaused {
 		if p, ok := drv.(driver.Pauser); ok && st == driver.StatusRunning {
+			// Recorded first: if the daemon dies before the resume, recovery knows the pause is ours.
+			if err := m.setPausedBy(name, store.PausedBySnapshot); err != nil {
+				return err
+			}
 			if err := p.Pause(ctx, h); err != nil {
+				m.setPausedBy(name, "")
 				return fmt.Errorf("pause %s for its snapshot: %w", name, err)
 			}
 			defer func() {
 				if err := p.Resume(context.WithoutCancel(ctx), h); err != nil {
 					slog.Error("resume after a snapshot", "instance", name, "err", err)
+					return // the mark stays: the next recovery tries again
 				}
+				m.setPausedBy(name, "")
 			}()
 		}
 		if s, ok := drv.(driver.RootSyncer); ok {

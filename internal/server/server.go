@@ -60,6 +60,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /1.0/operations/{id}", s.cancelOperation)
 	mux.HandleFunc("GET /1.0/events", s.streamEvents)
 	mux.HandleFunc("GET /1.0/host", s.getHost)
+	mux.HandleFunc("GET /1.0/host/orphans", s.getOrphans)
 	s.registerNetworks(mux)
 	s.registerStorage(mux)
 	s.registerSnapshots(mux)
@@ -254,6 +255,19 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) {
 
 // hostCacheFor bounds how often the component versions are re-read (each is a process run).
 const hostCacheFor = 30 * time.Second
+
+// getOrphans lists what this host has that no instance record accounts for.
+func (s *Server) getOrphans(w http.ResponseWriter, r *http.Request) {
+	out, err := s.Instances.Orphans(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if out == nil {
+		out = []api.Orphan{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
 
 func (s *Server) getHost(w http.ResponseWriter, r *http.Request) {
 	s.hostMu.Lock()

@@ -242,6 +242,9 @@ func TestLifecycleAndHost(t *testing.T) {
 	if code != 200 || h.CPU.Cores < 1 || h.Memory.Total == 0 || h.Allocated.Running != 1 || len(h.Drivers) != 1 {
 		t.Fatalf("host: %d %s", code, data)
 	}
+	if code, data := a.do("GET", "/1.0/host/orphans", ""); code != 200 || string(bytes.TrimSpace(data)) != "[]" {
+		t.Fatalf("orphans of a host whose instances all have records: %d %s", code, data)
+	}
 	code, data = a.do("DELETE", "/1.0/instances/c1?force=true", "")
 	if code != 202 || a.wait(data).Status != api.OpSuccess || a.drv.Count() != 0 {
 		t.Fatalf("force delete: %d %s, %d left", code, data, a.drv.Count())

@@ -71,3 +71,42 @@ func (m *Manager) Detach(ctx context.Context, pool, vol, instance string) error 
 	})
 	return err
 }
+
+// VolumeAttachment is one attachment of a volume (custom, or an instance root), with where it is.
+type VolumeAttachment struct {
+	Pool   string // this host's name for the pool
+	Volume string // TYPE/NAME
+	Attachment
+}
+
+// LocalAttachments lists the attachments this host recorded on custom volumes and instance roots,
+// over every usable pool (another host's attachments on a shared pool are that host's business).
+// Recovery compares them with what the instances have.
+func (m *Manager) LocalAttachments(ctx context.Context) ([]VolumeAttachment, error) {
+	pools, err := m.ListPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []VolumeAttachment
+	for _, pool := range pools {
+		p, _, err := m.usablePool(pool.Name)
+		if err != nil {
+			continue // an unusable pool is reported by the pool itself
+		}
+		vols, err := m.listRecords(p)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vols {
+			if v.Type == TypeImage {
+				continue
+			}
+			for _, a := range v.UsedBy {
+				if a.Host == m.host || a.Host == "" {
+					out = append(out, VolumeAttachment{Pool: p.Name, Volume: v.Ref(), Attachment: a})
+				}
+			}
+		}
+	}
+	return out, nil
+}

@@ -70,3 +70,28 @@ func TestQEMULockedDiskRefused(t *testing.T) {
 	must0(t, m.RestoreVolume(ctx, "default", "d", "s"))
 	must0(t, m.DeleteVolume(ctx, "default", "d"))
 }
+
+// LocalAttachments lists this host's attachments, for recovery to reconcile and orphans to report.
+func TestLocalAttachments(t *testing.T) {
+	needTool(t, "qemu-img")
+	m, ctx := defaultPool(t)
+	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "a", ContentType: ContentBlock, Size: 8 << 20}))
+	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "b", ContentType: ContentBlock, Size: 8 << 20}))
+	must0(t, m.Attach(ctx, "default", "a", "c1", false))
+	must0(t, m.Attach(ctx, "default", "b", "c1", true))
+	must0(t, m.Attach(ctx, "default", "b", "c2", true))
+	got := must[[]VolumeAttachment](t)(m.LocalAttachments(ctx))
+	want := []VolumeAttachment{
+		{Pool: "default", Volume: "custom/a", Attachment: Attachment{Instance: "c1", Host: "host-a"}},
+		{Pool: "default", Volume: "custom/b", Attachment: Attachment{Instance: "c1", ReadOnly: true, Host: "host-a"}},
+		{Pool: "default", Volume: "custom/b", Attachment: Attachment{Instance: "c2", ReadOnly: true, Host: "host-a"}},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("attachments %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("attachment %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}

@@ -56,6 +56,11 @@ func (m *Manager) CreateInstanceRoot(ctx context.Context, pool, instance, kind s
 			return nil, err
 		}
 	}
+	if free := freeBytes(p.Path); kind == TypeVM && free < m.minFree {
+		return nil, errdefs.Unavailable("pool %q has only %s free: a VM's disk grows as the guest writes, and in a full pool "+
+			"QEMU pauses the guest on the write error; free space or put the VM on another pool (--storage)",
+			p.Name, units.FormatSize(free))
+	}
 	op := m.newOp("create")
 	defer m.endOp(op)
 	v.Pending = op
@@ -292,7 +297,8 @@ func (m *Manager) gcImage(ctx context.Context, p *Pool, drv poolDriver, image st
 	img, err := m.loadRecord(p, TypeImage, image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil
+			// A copy that failed before its record was written leaves only the lock file we hold.
+			return removeIfExists(lockBase(p.Path, TypeImage, image) + ".meta")
 		}
 		return err
 	}
@@ -333,6 +339,10 @@ func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind st
 	_, err = m.update(ctx, p, kind, instance, func(v *Volume) error {
 		if err := busy(p, v); err != nil {
 			return err
+		}
+		// A second copy must never run from a root a live process on this host holds.
+		if why := heldBy(p, v); why != "" {
+			return errdefs.Conflict("root volume %s cannot be taken: it is %s", v.Ref(), why)
 		}
 		for _, a := range v.UsedBy {
 			if a.Instance != instance {

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,4 +190,77 @@ func TestSharedRootAdoptedAndKept(t *testing.T) {
 	must0(t, a.Attach(ctx, "sh", "container/c2", "other", false))
 	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c2", TypeContainer)
 	wantKind(t, err, errdefs.ErrConflict, "other")
+}
+
+// A root that a live process on this host uses (an orphaned guest whose instance record was lost)
+// can be neither taken as another instance's root nor deleted, whatever the records say.
+func TestRootHeldByProcessRefused(t *testing.T) {
+	m, ctx := defaultPool(t)
+	must[*Volume](t)(m.CreateInstanceRoot(ctx, "default", "d1", TypeContainer, ImageSource{RootfsDir: fakeRootfs(t)}, 0))
+	info := must[*RootInfo](t)(m.InstanceRoot(ctx, "default", "d1", TypeContainer))
+	// A container's init has the tree as its root; a working directory is the same identity check
+	// and needs no privilege.
+	cmd := exec.Command("sleep", "30")
+	cmd.Dir = info.Path
+	must0(t, cmd.Start())
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+
+	_, err := m.AdoptInstanceRoot(ctx, "default", "d1", TypeContainer)
+	wantKind(t, err, errdefs.ErrConflict, "container/d1", "(sleep)", "used on this host")
+	wantKind(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer), errdefs.ErrConflict, "(sleep)")
+	if _, err := os.Stat(info.Path + "/etc/hostname"); err != nil {
+		t.Fatalf("the held root was touched: %v", err)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	must0(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer))
+	if _, err := os.Stat(info.Path); !os.IsNotExist(err) {
+		t.Fatalf("root left after delete: %v", err)
+	}
+}
+
+// A root whose image copy cannot be made (a full pool, a source that fails) leaves nothing in the
+// pool: no record, no data, and no lock file either.
+func TestFailedRootCreateLeavesNoLockFile(t *testing.T) {
+	m, ctx := defaultPool(t)
+	p := must[*Pool](t)(m.GetPool(ctx, "default"))
+	src := ImageSource{Fingerprint: "fp1", Prepare: func(context.Context, *ImageSource) (func(), error) {
+		return nil, errors.New("no space left on device")
+	}}
+	_, err := m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)
+	if err == nil {
+		t.Fatal("create from a failing source succeeded")
+	}
+	var left []string
+	filepath.WalkDir(filepath.Join(p.Path, "locks"), func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, path)
+		}
+		return nil
+	})
+	if len(left) > 0 {
+		t.Fatalf("a failed create left lock files: %v", left)
+	}
+}
+
+// A thin VM root is refused on a pool with less free space than the minimum: the guest would fill
+// the pool and QEMU would pause it. Nothing is left behind.
+func TestVMRootRefusedOnFullPool(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "storage")
+	m, err := NewManager(Options{Dir: dir, HostID: "host-a", MinFreeForVM: 1 << 62})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx := testCtx(t)
+	p := must[*Pool](t)(m.EnsureDefault(ctx))
+	src := ImageSource{Fingerprint: "f00d", BaseDisk: "/nonexistent", BaseFormat: "raw"}
+	_, err = m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)
+	wantKind(t, err, errdefs.ErrUnavailable, `pool "default" has only`, "free space or put the VM on another pool")
+	if vols := must[[]Volume](t)(m.ListVolumes(ctx, "default")); len(vols) != 0 {
+		t.Fatalf("volumes left: %+v", vols)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(p.Path, "locks", "image")); len(ents) != 0 {
+		t.Fatalf("lock files left: %v", ents)
+	}
 }

@@ -25,6 +25,7 @@ type Manager struct {
 	host    string
 	hostTag string // short hash of host, prefixes operation ids so Recover knows its own tmp dirs
 	ttl     time.Duration
+	minFree uint64 // Options.MinFreeForVM
 	log     *slog.Logger
 	drivers map[string]poolDriver
 
@@ -57,9 +58,13 @@ func NewManager(opts Options) (*Manager, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.MinFreeForVM == 0 {
+		opts.MinFreeForVM = DefaultMinFreeForVM
+	}
 	sum := sha256.Sum256([]byte(opts.HostID))
 	m := &Manager{
 		dir: opts.Dir, host: opts.HostID, hostTag: hex.EncodeToString(sum[:4]), ttl: opts.LeaseTTL,
+		minFree: opts.MinFreeForVM,
 		log:     opts.Logger.With("component", "storage"),
 		drivers: map[string]poolDriver{DriverDir: &plainDriver{}, DriverShared: &plainDriver{shared: true}, DriverBtrfs: &btrfsDriver{}},
 		pools:   map[string]*Pool{}, active: map[string]bool{}, mounts: map[string]*mountRef{}, leases: map[string]*heldLease{},

@@ -57,7 +57,14 @@ type Options struct {
 	// LeaseTTL is how long a lease on a volume outlives its holder's last heartbeat (default 30s).
 	LeaseTTL time.Duration
 	Logger   *slog.Logger
+	// MinFreeForVM is the free space a pool must have for a new VM root (default
+	// DefaultMinFreeForVM): a VM's disk is thin, and a guest writing into a full pool is paused by
+	// QEMU on the I/O error.
+	MinFreeForVM uint64
 }
+
+// DefaultMinFreeForVM is Options.MinFreeForVM's default.
+const DefaultMinFreeForVM = 256 << 20
 
 // PoolConfig is what CreatePool needs.
 type PoolConfig struct {

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/fsutil"
 )
 
 // CreateVolume makes an empty volume: an ext4 image (custom filesystem volumes, and anything on a
@@ -209,7 +210,32 @@ func (m *Manager) openBy(p *Pool, v *Volume) string {
 	if f := fileName(v.Format); f != "" && qemuHasOpen(filepath.Join(dataPath(p.Path, v.Type, v.Name), f)) {
 		return "open in a running QEMU"
 	}
-	return ""
+	return heldBy(p, v)
+}
+
+// heldBy names the processes and loop devices of this host that use the volume's data, whatever
+// the records say: a guest whose instance record was lost still runs from its root.
+func heldBy(p *Pool, v *Volume) string {
+	path := filepath.Join(dataPath(p.Path, v.Type, v.Name), fileName(v.Format))
+	hs, err := fsutil.Holders(path)
+	// A loop device of an image just unmounted may take a moment to let go of it (autoclear).
+	for i := 0; i < 10 && err == nil && onlyLoops(hs); i++ {
+		time.Sleep(100 * time.Millisecond)
+		hs, err = fsutil.Holders(path)
+	}
+	if err != nil || len(hs) == 0 {
+		return ""
+	}
+	return "used on this host: " + fsutil.DescribeHolders(hs) + "; an instance whose record tandemd lost? `tandem host orphans` lists them"
+}
+
+func onlyLoops(hs []fsutil.Holder) bool {
+	for _, h := range hs {
+		if h.How != "loop" {
+			return false
+		}
+	}
+	return len(hs) > 0
 }
 
 // GetVolume returns a volume's record with its current usage where that is cheap to learn.

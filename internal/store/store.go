@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -37,7 +39,13 @@ type InstanceRecord struct {
 	// Pending names a multi-step change under way ("creating", "deleting"): if the daemon dies during
 	// it, recovery rolls a create back and finishes a delete.
 	Pending string `json:"pending,omitempty"`
+	// PausedBy says the instance was paused by tandem itself, not by the user ("snapshot": a
+	// snapshot pauses it while the disk is copied). Recovery resumes such a pause a crash left.
+	PausedBy string `json:"paused_by,omitempty"`
 }
+
+// PausedBy values.
+const PausedBySnapshot = "snapshot"
 
 // Pending values.
 const (
@@ -61,7 +69,9 @@ type ObservedState struct {
 
 // Store is a bbolt-backed state file.
 type Store struct {
-	db *bolt.DB
+	db         *bolt.DB
+	backups    string   // the instance records' copies (backup.go)
+	corruptOps sync.Map // keys of undecodable operation records already logged
 }
 
 // Open opens (creating if needed) the state file at path and migrates it to the current schema.
@@ -77,7 +87,7 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate state file %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, backups: backupDir(path)}, nil
 }
 
 // Close closes the state file.
@@ -95,13 +105,17 @@ func (s *Store) SchemaVersion() (int, error) {
 
 // CreateInstance stores a new instance; it fails with ErrAlreadyExists if the name is taken.
 func (s *Store) CreateInstance(rec *InstanceRecord) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
 		if b.Get([]byte(rec.Name)) != nil {
 			return errdefs.Exists("instance %q already exists", rec.Name)
 		}
 		return putJSON(b, rec.Name, rec)
 	})
+	if err == nil {
+		s.backup(rec)
+	}
+	return err
 }
 
 // GetInstance returns one instance or ErrNotFound.
@@ -152,18 +166,23 @@ func (s *Store) UpdateInstance(name string, fn func(*InstanceRecord) error) (*In
 	if err != nil {
 		return nil, err
 	}
+	s.backup(rec)
 	return rec, nil
 }
 
 // DeleteInstance removes an instance; ErrNotFound if it is not there.
 func (s *Store) DeleteInstance(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
 		if b.Get([]byte(name)) == nil {
 			return errdefs.NotFound("instance %q not found", name)
 		}
 		return b.Delete([]byte(name))
 	})
+	if err == nil {
+		s.dropBackup(name)
+	}
+	return err
 }
 
 // PutOperation creates or replaces an operation record.
@@ -189,14 +208,19 @@ func (s *Store) GetOperation(id string) (*api.Operation, error) {
 	return op, nil
 }
 
-// ListOperations returns all stored operations, oldest first.
+// ListOperations returns all stored operations, oldest first. A record that does not decode is
+// skipped and logged (once per process): an operation is history, and one torn record must not stop
+// the daemon from starting or listing the others.
 func (s *Store) ListOperations() ([]*api.Operation, error) {
 	var out []*api.Operation
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOperations).ForEach(func(k, v []byte) error {
 			op := &api.Operation{}
 			if err := json.Unmarshal(v, op); err != nil {
-				return fmt.Errorf("decode operation %q: %w", k, err)
+				if _, seen := s.corruptOps.LoadOrStore(string(k), true); !seen {
+					slog.Warn("skipping an operation record that does not decode", "op", string(k), "err", err)
+				}
+				return nil
 			}
 			out = append(out, op)
 			return nil

@@ -225,3 +225,54 @@ func crashWriter(path string) {
 		}
 	}
 }
+
+// A corrupt operation record (a torn write, a hand edit) must not stop the daemon: listing skips it,
+// so start-up's recovery of operations goes on with the others.
+func TestListOperationsSkipsCorruptRecord(t *testing.T) {
+	s, _ := openTemp(t)
+	good := &api.Operation{ID: "good", Status: api.OpSuccess, CreatedAt: time.Now()}
+	if err := s.PutOperation(good); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOperations).Put([]byte("torn"), []byte(`{"id":"torn","status":`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := s.ListOperations()
+	if err != nil {
+		t.Fatalf("list with a corrupt record: %v", err)
+	}
+	if len(ops) != 1 || ops[0].ID != "good" {
+		t.Fatalf("want only the good operation, got %+v", ops)
+	}
+	if _, err := s.GetOperation("torn"); err == nil {
+		t.Fatal("get of the corrupt record: want an error")
+	}
+}
+
+// Each instance record has a copy beside the state file that outlives it: written on create and
+// update, gone on delete; an unreadable copy is skipped.
+func TestInstanceRecordCopies(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.CreateInstance(&InstanceRecord{Name: "c1", Desired: DesiredState{Power: "stopped"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.UpdateInstance("c1", func(r *InstanceRecord) error { r.Desired.Power = "running"; return nil })
+	s.CreateInstance(&InstanceRecord{Name: "c2"})
+	s.DeleteInstance("c2")
+	os.WriteFile(filepath.Join(filepath.Dir(path), "instance-records", "bad.json"), []byte("{"), 0o600)
+	s.Close()
+	os.Remove(path) // the state file is lost
+
+	s2, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	recs, err := s2.BackupRecords()
+	if err != nil || len(recs) != 1 || recs[0].Name != "c1" || recs[0].Desired.Power != "running" {
+		t.Fatalf("copies %+v %v", recs, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,10 +41,11 @@ type state struct {
 }
 
 var (
-	_ driver.Driver  = (*Driver)(nil)
-	_ driver.Pauser  = (*Driver)(nil)
-	_ driver.Updater = (*Driver)(nil)
-	_ driver.Statter = (*Driver)(nil)
+	_ driver.Driver    = (*Driver)(nil)
+	_ driver.Pauser    = (*Driver)(nil)
+	_ driver.Updater   = (*Driver)(nil)
+	_ driver.Statter   = (*Driver)(nil)
+	_ driver.Inventory = (*Driver)(nil)
 )
 
 func New(opts Options) (*Driver, error) {
@@ -182,6 +184,26 @@ func (d *Driver) Stats(ctx context.Context, h *driver.Handle) (driver.Stats, err
 		return driver.Stats{}, driver.ErrNotRunning
 	}
 	return driver.Stats{Processes: 1}, nil
+}
+
+// InstanceIDs lists the instances the fake holds.
+func (d *Driver) InstanceIDs(context.Context) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ids []string
+	if d.opts.Dir == "" {
+		for id := range d.mem {
+			ids = append(ids, id)
+		}
+		return ids, nil
+	}
+	entries, err := os.ReadDir(d.opts.Dir)
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids, err
 }
 
 // Count returns how many instances the fake holds (for leak checks in tests).

@@ -187,6 +187,9 @@ func (d *Driver) Resume(ctx context.Context, h *driver.Handle) error {
 		if migratingState(st.Status) {
 			return errdefs.Conflict("vm: the guest is %s: FinishIncoming or AbortOutgoing resume it", st.Status)
 		}
+		if st.Status == qmp.StateIOError {
+			return resumeAfterIOError(ctx, c)
+		}
 		return c.Cont(ctx)
 	})
 }
