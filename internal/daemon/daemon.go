@@ -163,6 +163,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Handler:           logRequests(srv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		// Kept per request so that revoking a certificate can close its connections.
+		ConnContext: server.ConnContext,
 	}
 
 	errc := make(chan error, 2)

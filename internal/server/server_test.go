@@ -25,6 +25,7 @@ import (
 
 type testAPI struct {
 	t      *testing.T
+	s      *Server
 	srv    *httptest.Server
 	drv    *fake.Driver
 	mgr    *instance.Manager
@@ -60,7 +61,7 @@ func newTestAPI(t *testing.T, delay ...time.Duration) *testAPI {
 		ops.Shutdown(5 * time.Second)
 		st.Close()
 	})
-	return &testAPI{t: t, srv: srv, drv: drv, mgr: mgr, images: images}
+	return &testAPI{t: t, s: s, srv: srv, drv: drv, mgr: mgr, images: images}
 }
 
 // do sends a request with a raw body and returns the status and body.
