@@ -57,19 +57,22 @@ type Config struct {
 	// Uplink is an existing host interface to enslave to the bridge (see uplink.go); it needs an
 	// explicit Subnet, the same on every host sharing the segment.
 	Uplink string
+	// HostAccess lets instances reach every service of the host, not only DHCP, DNS and ICMP.
+	HostAccess bool
 }
 
 // Network describes a managed network.
 type Network struct {
-	Name      string    `json:"name"`
-	Bridge    string    `json:"bridge"`
-	Subnet    string    `json:"subnet"`
-	Gateway   string    `json:"gateway"`
-	NAT       bool      `json:"nat"`
-	DNSDomain string    `json:"dns_domain"`
-	Uplink    string    `json:"uplink,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	Leases    []Lease   `json:"leases"`
+	Name       string    `json:"name"`
+	Bridge     string    `json:"bridge"`
+	Subnet     string    `json:"subnet"`
+	Gateway    string    `json:"gateway"`
+	NAT        bool      `json:"nat"`
+	DNSDomain  string    `json:"dns_domain"`
+	Uplink     string    `json:"uplink,omitempty"`
+	HostAccess bool      `json:"host_access"`
+	CreatedAt  time.Time `json:"created_at"`
+	Leases     []Lease   `json:"leases"`
 }
 
 // Manager owns the networks of one daemon. One mutex serializes every change: they are short, and
@@ -124,7 +127,7 @@ func (m *Manager) files(name string) dnsmasqFiles {
 func (m *Manager) describe(s *state) Network {
 	n := Network{
 		Name: s.Name, Bridge: s.Name, Subnet: s.Subnet.String(), Gateway: s.gateway().String(),
-		NAT: s.NAT, DNSDomain: s.DNSDomain, Uplink: s.Uplink, CreatedAt: s.CreatedAt, Leases: []Lease{},
+		NAT: s.NAT, DNSDomain: s.DNSDomain, Uplink: s.Uplink, HostAccess: s.HostAccess, CreatedAt: s.CreatedAt, Leases: []Lease{},
 	}
 	for _, a := range s.sortedAttachments() {
 		n.Leases = append(n.Leases, s.lease(a))
@@ -211,7 +214,8 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 
 	s := &state{
 		Name: cfg.Name, Subnet: subnet, NAT: cfg.NAT == nil || *cfg.NAT, DNSDomain: domain, Uplink: cfg.Uplink,
-		BridgeMAC: stableMAC("bridge/"+cfg.Name, 0), CreatedAt: time.Now().UTC(),
+		HostAccess: cfg.HostAccess,
+		BridgeMAC:  stableMAC("bridge/"+cfg.Name, 0), CreatedAt: time.Now().UTC(),
 		Attachments: map[string]*attachment{},
 	}
 	dir := m.netDir(s.Name)
