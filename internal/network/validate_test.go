@@ -25,10 +25,28 @@ func TestValidateName(t *testing.T) {
 		"a/b":                   "may only contain",
 		"sixteen-chars-xy":      "Linux interface names are at most 15",
 		strings.Repeat("a", 64): "the limit is 63",
+		"default":               "reserved",
+		"all":                   "reserved",
 	} {
 		err := ValidateName(name)
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want invalid with %q", name, err, want)
+		}
+	}
+}
+
+func TestCheckInterfaceName(t *testing.T) {
+	for _, ok := range []string{"eth0", "eth1", "net_1", "a.b", "fifteen-chars-x"} {
+		if err := CheckInterfaceName(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for name, want := range map[string]string{
+		"lo": "loopback", "all": "reserved", "default": "reserved", "bonding_masters": "reserved",
+		"": "1-15", ".": "1-15", "..": "1-15", "sixteen-chars-xy": "1-15", "a/b": "1-15", "a:b": "1-15", "a b": "1-15",
+	} {
+		if err := CheckInterfaceName(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want one with %q", name, err, want)
 		}
 	}
 }

@@ -386,3 +386,22 @@ func TestTLSAuthorization(t *testing.T) {
 		t.Fatalf("remote token issue: %d", code)
 	}
 }
+
+// Impossible sizes and reserved NIC names are 400 at once, not a 202 whose operation fails.
+func TestImpossibleValuesAre400(t *testing.T) {
+	a := newTestAPI(t)
+	for _, c := range []struct {
+		req  api.InstancesPost
+		want string
+	}{
+		{api.InstancesPost{Config: map[string]string{"limits.disk": "18446744073709551615"}}, "limits.disk"},
+		{api.InstancesPost{Devices: api.Devices{"eth1": {"type": "nic", "network": "tandem0", "name": "lo"}}}, "loopback"},
+		{api.InstancesPost{Devices: api.Devices{"eth1": {"type": "nic", "network": "tandem0", "name": "default"}}}, "reserved"},
+	} {
+		c.req.Name, c.req.Type, c.req.Image = "c1", api.TypeContainer, "busybox"
+		body, _ := json.Marshal(c.req)
+		a.wantError("POST", "/1.0/instances", string(body), 400, c.want)
+	}
+	a.launch("c2", false)
+	a.wantError("PATCH", "/1.0/instances/c2", `{"config":{"limits.disk":"18446744073709551615"}}`, 400, "1EiB")
+}
