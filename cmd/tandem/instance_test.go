@@ -46,8 +46,8 @@ func TestInfoCleansGuestText(t *testing.T) {
 
 func TestPrintable(t *testing.T) {
 	for in, want := range map[string]string{
-		"plain text, ünïcode": "plain text, ünïcode",
-		"a\x1b[1;31mred\x1b[0m": "ared",
+		"plain text, ünïcode":    "plain text, ünïcode",
+		"a\x1b[1;31mred\x1b[0m":  "ared",
 		"title\x1b]0;x\x1b\\end": "titleend",
 		"bell\x07":               "bell\ufffd",
 		"lone\x1b":               "lone",
