@@ -80,6 +80,9 @@ type Network struct {
 type Manager struct {
 	opts Options
 	intn func(int) int
+	// lock tells other daemons this one lives and owns its bridges (adopt.go); nil if another
+	// Manager of this process holds it.
+	lock *os.File
 
 	mu   sync.Mutex
 	nets map[string]*state
@@ -115,7 +118,7 @@ func NewManager(opts Options) (*Manager, error) {
 		slog.Warn("network: removing leftover of an interrupted create", "dir", dir)
 		os.RemoveAll(dir)
 	}
-	return &Manager{opts: opts, intn: rand.IntN, nets: nets}, nil
+	return &Manager{opts: opts, intn: rand.IntN, nets: nets, lock: takeOwnerLock(opts.Dir)}, nil
 }
 
 func (m *Manager) netDir(name string) string { return filepath.Join(m.opts.Dir, name) }
@@ -161,6 +164,11 @@ func (m *Manager) Get(ctx context.Context, name string) (Network, error) {
 // Create makes a network: state record first (so a crash leaves something Recover finishes or Delete
 // removes), then bridge, rules and dnsmasq. A failure undoes everything it did.
 func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
+	return m.create(ctx, cfg, false)
+}
+
+// create is Create; adopting takes over an existing bridge of that name (adopt.go).
+func (m *Manager) create(ctx context.Context, cfg Config, adopting bool) (Network, error) {
 	if err := ValidateName(cfg.Name); err != nil {
 		return Network{}, err
 	}
@@ -188,7 +196,7 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	}
 	if l, err := getLink(ctx, cfg.Name); err != nil {
 		return Network{}, err
-	} else if l != nil {
+	} else if l != nil && !adopting {
 		return Network{}, errdefs.Exists("an interface named %q already exists on this host; choose another network name", cfg.Name)
 	}
 	if cfg.Uplink != "" {
@@ -200,7 +208,7 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	for n, s := range m.nets {
 		others[n] = s.Subnet
 	}
-	routes, err := m.foreignRoutes(ctx)
+	routes, err := m.foreignRoutes(ctx, cfg.Name)
 	if err != nil {
 		return Network{}, err
 	}
@@ -239,29 +247,33 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 }
 
 // foreignRoutes are the host's routes except those through tandem's own bridges (those networks
-// are checked by name, with a clearer message).
-func (m *Manager) foreignRoutes(ctx context.Context) ([]hostRoute, error) {
+// are checked by name, with a clearer message) and the one being made (an adopted bridge's).
+func (m *Manager) foreignRoutes(ctx context.Context, making string) ([]hostRoute, error) {
 	all, err := hostRoutes(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []hostRoute
 	for _, r := range all {
-		if _, ours := m.nets[r.Dev]; !ours {
+		if _, ours := m.nets[r.Dev]; !ours && r.Dev != making {
 			out = append(out, r)
 		}
 	}
 	return out, nil
 }
 
-// EnsureDefault creates the default network unless it exists.
+// EnsureDefault creates the default network unless it exists. A bridge of that name that this
+// Manager has no record of is adopted if no live daemon owns it; if one does, the error says which.
 func (m *Manager) EnsureDefault(ctx context.Context) (Network, error) {
 	if n, err := m.Get(ctx, DefaultName); err == nil {
 		return n, nil
 	}
 	n, err := m.Create(ctx, Config{Name: DefaultName})
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
-		return m.Get(ctx, DefaultName)
+		if n, gerr := m.Get(ctx, DefaultName); gerr == nil {
+			return n, nil
+		}
+		return m.adopt(ctx, DefaultName)
 	}
 	return n, err
 }
@@ -321,7 +333,7 @@ func (m *Manager) up(ctx context.Context, s *state, recovering bool) error {
 	if err := enableForwarding(); err != nil {
 		return err
 	}
-	if err := ensureBridge(ctx, s); err != nil {
+	if err := ensureBridge(ctx, s, m.opts.Dir); err != nil {
 		return err
 	}
 	if err := applyNft(ctx, nftRuleset(s)); err != nil {
@@ -347,11 +359,17 @@ func (m *Manager) down(ctx context.Context, s *state) error {
 	)
 }
 
-// ensureBridge creates the bridge if needed and gives it the gateway address.
-func ensureBridge(ctx context.Context, s *state) error {
+// ensureBridge creates the bridge if needed, marked as owned by the Manager of dir, and gives it
+// the gateway address. A bridge another live daemon owns is refused.
+func ensureBridge(ctx context.Context, s *state, dir string) error {
 	l, err := getLink(ctx, s.Name)
 	if err != nil {
 		return err
+	}
+	if l != nil {
+		if err := checkBridgeOwner(l, dir); err != nil {
+			return err
+		}
 	}
 	if l == nil {
 		// forward_delay 0: STP is off, so a new port forwards at once.
@@ -361,6 +379,11 @@ func ensureBridge(ctx context.Context, s *state) error {
 		}
 	} else if l.LinkInfo.Kind != "bridge" {
 		return errdefs.Conflict("interface %q exists and is a %q, not a bridge", s.Name, l.LinkInfo.Kind)
+	}
+	if l == nil || l.Alias != ownerMark+dir {
+		if err := markBridge(ctx, s.Name, dir); err != nil {
+			return err
+		}
 	}
 	addr := fmt.Sprintf("%s/%d", s.gateway(), s.Subnet.Bits())
 	if _, err := run(ctx, "", "ip", "addr", "replace", addr, "dev", s.Name); err != nil {
