@@ -2,6 +2,7 @@ package system
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,4 +133,50 @@ func fetchFromHost(env *nettest.Env, url string) (string, time.Duration, error) 
 		}
 	}
 	return "", 0, err
+}
+
+// TestContainerCannotReachHostAPI: a real container on tandem0 gets its address by DHCP and
+// resolves names through the host, but its connect to the host's HTTPS API (listening on every
+// address of the host) is refused at once; a container on a network with host access connects.
+func TestContainerCannotReachHostAPI(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run containers")
+	}
+	for _, tool := range []string{"runc", "dnsmasq", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+		}
+	}
+	requireBusybox(t)
+	h := startHost(t, "--listen", "0.0.0.0:8443")
+	h.must("image", "build", "busybox")
+	h.must("network", "create", "open", "--host-access")
+	h.must("launch", "busybox", "c1")
+	h.must("launch", "busybox", "c2", "--device", "eth0,type=nic,network=open")
+
+	connect := func(name, addr string) (string, time.Duration) {
+		start := time.Now()
+		out, errOut, _ := h.tandem("exec", name, "--", "sh", "-c", "nc -w 3 "+addr+" 8443 </dev/null; echo rc=$?")
+		return strings.TrimSpace(out + errOut), time.Since(start)
+	}
+	for _, c := range []struct{ name, network string }{{"c1", "tandem0"}, {"c2", "open"}} {
+		var n struct{ Gateway string }
+		json.Unmarshal([]byte(h.must("network", "info", c.network, "--format", "json")), &n)
+		want := ipOf(t, h, c.name)
+		waitFor(t, 30*time.Second, c.name+"'s DHCP lease", func() bool {
+			out, _, _ := h.tandem("exec", c.name, "--", "ip", "-4", "addr", "show", "eth0")
+			return strings.Contains(out, want+"/")
+		})
+		if out, errOut, err := h.tandem("exec", c.name, "--", "nslookup", c.name+".tandem", n.Gateway); err != nil || !strings.Contains(out, want) {
+			t.Fatalf("%s: DNS on the host: %v\n%s%s", c.name, err, out, errOut)
+		}
+		out, took := connect(c.name, n.Gateway)
+		t.Logf("%s -> host API %s:8443: %q in %s", c.name, n.Gateway, out, took.Round(time.Millisecond))
+		switch {
+		case c.name == "c1" && (!strings.Contains(out, "rc=1") || !strings.Contains(out, "refused") || took > 3*time.Second):
+			t.Errorf("c1 (tandem0) reached the host's API, or waited for its refusal: %q after %s", out, took)
+		case c.name == "c2" && !strings.Contains(out, "rc=0"):
+			t.Errorf("c2 (host access) could not reach the host's API: %q", out)
+		}
+	}
 }
