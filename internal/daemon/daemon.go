@@ -163,8 +163,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Handler:           logRequests(srv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		// Kept per request so that revoking a certificate can close its connections.
+		// Connections are kept per client certificate so that revoking one closes them.
 		ConnContext: server.ConnContext,
+		ConnState:   srv.ConnState,
 	}
 
 	errc := make(chan error, 2)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"net/http"
 	"sync"
 
 	"tandem/internal/trust"
@@ -17,12 +18,45 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, connKey{}, c)
 }
 
-// peerConns tracks the requests in flight per client certificate: revoking a certificate must cut
-// the ones it already has (event streams, operation waits, exec, tunnels), not just refuse new ones.
-// The zero value is ready to use.
+// ConnState is the http.Server hook that keeps each TLS connection under its client's certificate,
+// idle keep-alive ones included, so that a revocation closes them all.
+func (s *Server) ConnState(c net.Conn, state http.ConnState) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return
+	}
+	switch state {
+	case http.StateActive: // a request has begun: the handshake is done
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			s.peers.addConn(trust.Fingerprint(certs[0].Raw), c)
+		}
+	case http.StateClosed, http.StateHijacked: // a hijacked one is its request's (track)
+		s.peers.removeConn(c)
+	}
+}
+
+// peerConns tracks, per client certificate, the open connections and the requests in flight:
+// revoking a certificate must cut what it already has (event streams, operation waits, exec,
+// tunnels, idle connections), not just refuse new requests. The zero value is ready to use.
 type peerConns struct {
-	mu   sync.Mutex
-	byFP map[string]map[*peerRequest]struct{}
+	mu    sync.Mutex
+	byFP  map[string]map[*peerRequest]struct{}
+	conns map[net.Conn]string // open connections and their client's fingerprint
+}
+
+func (p *peerConns) addConn(fp string, c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		p.conns = map[net.Conn]string{}
+	}
+	p.conns[c] = fp
+}
+
+func (p *peerConns) removeConn(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
 }
 
 type peerRequest struct {
@@ -60,11 +94,19 @@ func (p *peerConns) track(ctx context.Context, state *tls.ConnectionState) (cont
 	}
 }
 
-// cut ends every request in flight of a certificate and closes its connections, and says how many.
+// cut ends every request in flight of a certificate and closes all its connections, and says how
+// many connections and requests there were.
 func (p *peerConns) cut(fingerprint string) int {
 	p.mu.Lock()
 	reqs := p.byFP[fingerprint]
 	delete(p.byFP, fingerprint)
+	var conns []net.Conn
+	for c, fp := range p.conns {
+		if fp == fingerprint {
+			conns = append(conns, c)
+			delete(p.conns, c)
+		}
+	}
 	p.mu.Unlock()
 	for req := range reqs {
 		req.cancel()
@@ -72,7 +114,10 @@ func (p *peerConns) cut(fingerprint string) int {
 			closeRaw(req.conn)
 		}
 	}
-	return len(reqs)
+	for _, c := range conns {
+		closeRaw(c)
+	}
+	return len(reqs) + len(conns)
 }
 
 // closeRaw closes the connection under TLS: tls.Conn.Close would first try to send close_notify to

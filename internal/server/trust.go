@@ -137,7 +137,7 @@ func (s *Server) revokeTrust(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if n := s.peers.cut(e.Fingerprint); n > 0 {
-		slog.Info("trust: revoked certificate's requests cut", "name", e.Name, "fingerprint", e.Fingerprint, "requests", n)
+		slog.Info("trust: revoked certificate's connections cut", "name", e.Name, "fingerprint", e.Fingerprint, "connections and requests", n)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{})
 }

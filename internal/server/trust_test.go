@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -44,6 +46,7 @@ func newPeerAPI(t *testing.T, delay ...time.Duration) *peerAPI {
 	tlsSrv := httptest.NewUnstartedServer(a.s.Handler())
 	tlsSrv.TLS = trusted.ServerConfig(serverCert)
 	tlsSrv.Config.ConnContext = ConnContext
+	tlsSrv.Config.ConnState = a.s.ConnState
 	tlsSrv.StartTLS()
 	t.Cleanup(tlsSrv.Close)
 	peer := &http.Client{Transport: &http.Transport{
@@ -143,5 +146,29 @@ func (a *testAPI) wantOK(method, path string) {
 	a.t.Helper()
 	if code, data := a.do(method, path, ""); code != http.StatusOK {
 		a.t.Fatalf("%s %s: %d %s", method, path, code, data)
+	}
+}
+
+// An idle keep-alive connection of a revoked certificate is closed too, not left for its next request.
+func TestRevokeClosesIdleConnections(t *testing.T) {
+	p := newPeerAPI(t)
+	tr := p.peer.Transport.(*http.Transport)
+	conn, err := tls.Dial("tcp", p.tlsSrv.Listener.Addr().String(), tr.TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /1.0 HTTP/1.1\r\nHost: tandem\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("request before the revocation: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	p.wantOK("DELETE", "/1.0/trust/"+p.peerFP)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the revoked peer's idle connection is still open 3 s after the revocation (read %d, %v)", n, err)
 	}
 }
