@@ -67,15 +67,10 @@ func TestNetworkHostInput(t *testing.T) {
 	www := filepath.Join(env.Dir, "www")
 	os.MkdirAll(www, 0o755)
 	os.WriteFile(filepath.Join(www, "api"), []byte("host api\n"), 0o644)
-	srv := exec.Command("busybox", "httpd", "-f", "-p", "8443", "-h", www)
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+	env.BG(t, "", "busybox", "httpd", "-f", "-p", "8443", "-h", www)
+	if _, _, err := env.Fetch("", "http://127.0.0.1:8443/api"); err != nil {
+		t.Fatalf("the host's server: %v", err)
 	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	waitFor(t, 5*time.Second, "the host's server", func() bool {
-		_, err := env.Try("busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8443/api")
-		return err == nil
-	})
 
 	// c1 (no host access): refused at once, on the gateway and on another of the host's addresses.
 	env.Sh(t, "ip", "link", "add", "tdthost", "up", "type", "veth")
@@ -100,17 +95,11 @@ func TestNetworkHostInput(t *testing.T) {
 		t.Fatalf("DNS through the input filter: %v\n%s", err, out)
 	}
 	env.BG(t, "c1", "busybox", "httpd", "-f", "-p", "8000", "-h", www)
-	if body, _, err := fetchFromHost(env, "http://"+c1.IPv4.String()+":8000/api"); err != nil || body != "host api\n" {
+	if body, _, err := env.Fetch("", "http://"+c1.IPv4.String()+":8000/api"); err != nil || body != "host api\n" {
 		t.Fatalf("the host's own connection to c1: %q %v", body, err)
 	}
 	// NAT to the outside still works (the forward path does not pass the input hook).
-	out := env.AddNS(t, "out")
-	env.Sh(t, "ip", "link", "add", "tdtup", "type", "veth", "peer", "name", "up0", "netns", out)
-	env.Sh(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "tdtup")
-	env.Sh(t, "ip", "link", "set", "tdtup", "up")
-	env.Sh(t, "ip", "-n", out, "addr", "add", "198.51.100.2/24", "dev", "up0")
-	env.Sh(t, "ip", "-n", out, "link", "set", "up0", "up")
-	env.BG(t, "out", "busybox", "httpd", "-f", "-p", "8080", "-h", www)
+	outsideServer(t, env, www)
 	if body, _, err := env.Fetch("c1", "http://198.51.100.2:8080/api"); err != nil || body != "host api\n" {
 		t.Fatalf("outside server through NAT: %q %v", body, err)
 	}
@@ -119,20 +108,6 @@ func TestNetworkHostInput(t *testing.T) {
 	if body, _, err := env.Fetch("c2", "http://"+open.Gateway+":8443/api"); err != nil || body != "host api\n" {
 		t.Fatalf("c2 (host access) -> host API: %q %v", body, err)
 	}
-}
-
-// fetchFromHost downloads url from the test's own namespace (the host), retrying while the server
-// comes up.
-func fetchFromHost(env *nettest.Env, url string) (string, time.Duration, error) {
-	var err error
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		start := time.Now()
-		var out string
-		if out, err = env.Try("busybox", "wget", "-q", "-O", "-", url); err == nil {
-			return out, time.Since(start), nil
-		}
-	}
-	return "", 0, err
 }
 
 // TestContainerCannotReachHostAPI: a real container on tandem0 gets its address by DHCP and
