@@ -219,21 +219,3 @@ func stopForeignDnsmasq(ctx context.Context, bridge string) error {
 	}
 	return nil
 }
-
-// dnsmasqConfOf returns the --conf-file of a dnsmasq process, or "".
-func dnsmasqConfOf(pid int) string {
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return ""
-	}
-	args := strings.Split(string(cmdline), "\x00")
-	if len(args) == 0 || filepath.Base(args[0]) != "dnsmasq" {
-		return ""
-	}
-	for _, a := range args[1:] {
-		if conf, ok := strings.CutPrefix(a, "--conf-file="); ok {
-			return conf
-		}
-	}
-	return ""
-}
