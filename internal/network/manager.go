@@ -366,11 +366,6 @@ func ensureBridge(ctx context.Context, s *state, dir string) error {
 	if err != nil {
 		return err
 	}
-	if l != nil {
-		if err := checkBridgeOwner(l, dir); err != nil {
-			return err
-		}
-	}
 	if l == nil {
 		// forward_delay 0: STP is off, so a new port forwards at once.
 		if _, err := run(ctx, "", "ip", "link", "add", "name", s.Name, "address", s.BridgeMAC,
@@ -379,6 +374,8 @@ func ensureBridge(ctx context.Context, s *state, dir string) error {
 		}
 	} else if l.LinkInfo.Kind != "bridge" {
 		return errdefs.Conflict("interface %q exists and is a %q, not a bridge", s.Name, l.LinkInfo.Kind)
+	} else if err := checkBridgeOwner(l, dir); err != nil {
+		return err
 	}
 	if l == nil || l.Alias != ownerMark+dir {
 		if err := markBridge(ctx, s.Name, dir); err != nil {
