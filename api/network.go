@@ -11,6 +11,9 @@ type Network struct {
 	// Uplink is the host interface enslaved to the bridge, joining the same-named networks of
 	// other hosts into one L2 segment; "" for a host-local network.
 	Uplink string `json:"uplink,omitempty" yaml:"uplink,omitempty"`
+	// HostAccess lets instances reach every service of the host; without it they reach only the
+	// network's DHCP and DNS (and ICMP) on the host.
+	HostAccess bool `json:"host_access" yaml:"host_access"`
 	// UsedBy lists the instance NICs on the network, as "instance/nic".
 	UsedBy []string `json:"used_by" yaml:"used_by"`
 }
@@ -24,4 +27,6 @@ type NetworksPost struct {
 	// Uplink names an existing, unconfigured Ethernet interface of the host to enslave to the
 	// bridge; it needs an explicit Subnet, the same on every host.
 	Uplink string `json:"uplink,omitempty"`
+	// HostAccess opens the host's own services (its API, SSH, ...) to the network's instances.
+	HostAccess bool `json:"host_access,omitempty"`
 }

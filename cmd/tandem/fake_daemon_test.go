@@ -231,6 +231,9 @@ func (d *fakeDaemon) handler() http.Handler {
 		}
 		reply(w, 201, api.Network{Name: req.Name, Bridge: req.Name, Subnet: req.Subnet, Uplink: req.Uplink, UsedBy: []string{}})
 	})
+	mux.HandleFunc("GET /1.0/instances/{name}/files", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s:%s\n", r.PathValue("name"), r.URL.Query().Get("path"))
+	})
 	mux.HandleFunc("GET /1.0/", func(w http.ResponseWriter, r *http.Request) {
 		replyErr(w, 404, "no route for %s", r.URL.Path)
 	})

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	pathpkg "path"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -18,6 +20,23 @@ func splitInstancePath(arg string) (name, path string, err error) {
 		return "", "", fmt.Errorf("%q: want INSTANCE/PATH, e.g. c1/etc/hostname", arg)
 	}
 	return name, "/" + rest, nil
+}
+
+// pullDestination is where a pulled file lands: inside local if that is a directory (or names one
+// with a trailing slash), as cp does; else local itself.
+func pullDestination(local, remote string) (string, error) {
+	st, err := os.Stat(local)
+	switch {
+	case err == nil && st.IsDir():
+		base := pathpkg.Base(remote)
+		if base == "/" || base == "." {
+			return "", fmt.Errorf("%s names no file to put in directory %s", remote, local)
+		}
+		return filepath.Join(local, base), nil
+	case strings.HasSuffix(local, "/"):
+		return "", fmt.Errorf("%s is not a directory", local)
+	}
+	return local, nil
 }
 
 func newFileCmd(a *app) *cobra.Command {
@@ -69,7 +88,11 @@ func newFileCmd(a *app) *cobra.Command {
 				_, err := c.PullFile(ctx(cmd), name, path, a.stdout)
 				return err
 			}
-			tmp := args[1] + ".partial"
+			dest, err := pullDestination(args[1], path)
+			if err != nil {
+				return err
+			}
+			tmp := dest + ".partial"
 			f, err := os.Create(tmp)
 			if err != nil {
 				return err
@@ -82,7 +105,7 @@ func newFileCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return os.Rename(tmp, args[1])
+			return os.Rename(tmp, dest)
 		},
 	}
 	cmd.AddCommand(push, pull)

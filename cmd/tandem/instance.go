@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"tandem/api"
+	"tandem/internal/network"
 )
 
 func init() {
@@ -37,7 +38,7 @@ func newCreateCmd(a *app, launch bool) *cobra.Command {
 		Use:   use + " IMAGE NAME",
 		Short: short,
 		Example: "  tandem " + use + " busybox c1\n" +
-			"  tandem " + use + " busybox v1 --vm -c limits.memory=256MiB --device eth0,type=nic,network=default\n" +
+			"  tandem " + use + " busybox v1 --vm -c limits.memory=256MiB --device eth0,type=nic,network=" + network.DefaultName + "\n" +
 			"  tandem " + use + " busybox c2 --storage fast -c limits.disk=2GiB",
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

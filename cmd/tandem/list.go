@@ -71,14 +71,15 @@ func newInfoCmd(a *app) *cobra.Command {
 	}
 }
 
-// printInstance is the readable default of `info`: yaml-like, but with labels for people.
+// printInstance is the readable default of `info`: yaml-like, but with labels for people. What a
+// guest or a user may have written goes through printable.
 func printInstance(w io.Writer, in *api.Instance) {
 	fmt.Fprintf(w, "Name: %s\n", in.Name)
 	fmt.Fprintf(w, "Type: %s\n", in.Type)
-	fmt.Fprintf(w, "Image: %s\n", in.Image)
+	fmt.Fprintf(w, "Image: %s\n", printable(in.Image))
 	fmt.Fprintf(w, "Status: %s\n", in.Status)
 	if in.StatusError != "" {
-		fmt.Fprintf(w, "Status error: %s\n", in.StatusError)
+		fmt.Fprintf(w, "Status error: %s\n", printable(in.StatusError))
 	}
 	fmt.Fprintf(w, "Desired power: %s\n", in.DesiredPower)
 	fmt.Fprintf(w, "Driver: %s\n", in.Driver)
@@ -98,18 +99,18 @@ func printInstance(w io.Writer, in *api.Instance) {
 		kvLines(w, "  ", in.Config)
 	}
 	if g := in.Guest; g != nil {
-		fmt.Fprintf(w, "Guest: %s, hostname %s, addresses %s\n", g.OS, g.Hostname, strings.Join(g.IPs, ", "))
+		fmt.Fprintf(w, "Guest: %s, hostname %s, addresses %s\n", printable(g.OS), printable(g.Hostname), printable(strings.Join(g.IPs, ", ")))
 	}
 	if len(in.NICs) > 0 {
 		fmt.Fprintln(w, "Network:")
 		for _, n := range in.NICs {
-			fmt.Fprintf(w, "  %s: %s on %s (%s)\n", n.Name, orDash(n.IPv4), n.Network, n.MAC)
+			fmt.Fprintf(w, "  %s: %s on %s (%s)\n", printable(n.Name), printable(orDash(n.IPv4)), printable(n.Network), printable(n.MAC))
 		}
 	}
 	if len(in.Devices) > 0 {
 		fmt.Fprintln(w, "Devices:")
 		for _, name := range sortedKeys(in.Devices) {
-			fmt.Fprintf(w, "  %s:\n", name)
+			fmt.Fprintf(w, "  %s:\n", printable(name))
 			kvLines(w, "    ", in.Devices[name])
 		}
 	}

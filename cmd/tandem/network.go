@@ -15,7 +15,7 @@ func init() { register(newNetworkCmd) }
 func newNetworkCmd(a *app) *cobra.Command {
 	cmd := groupCmd("network", "Manage networks shared by containers and VMs")
 	var subnet, uplink string
-	var nat bool
+	var nat, hostAccess bool
 	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a network: a bridge with NAT, DHCP and DNS",
@@ -25,7 +25,7 @@ func newNetworkCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req := api.NetworksPost{Name: args[0], Subnet: subnet, Uplink: uplink}
+			req := api.NetworksPost{Name: args[0], Subnet: subnet, Uplink: uplink, HostAccess: hostAccess}
 			if cmd.Flags().Changed("nat") {
 				req.NAT = &nat
 			}
@@ -43,6 +43,8 @@ func newNetworkCmd(a *app) *cobra.Command {
 	}
 	create.Flags().StringVar(&subnet, "subnet", "", "IPv4 subnet, e.g. 10.20.0.0/24 (default: a free /24)")
 	create.Flags().BoolVar(&nat, "nat", true, "masquerade traffic leaving the network")
+	create.Flags().BoolVar(&hostAccess, "host-access", false,
+		"let instances reach every service of this host (default: only DHCP, DNS and ping)")
 	create.Flags().StringVar(&uplink, "uplink", "",
 		"enslave this unconfigured host interface to the bridge: hosts with the same network (name and --subnet) share its L2 segment")
 	cmd.AddCommand(create, &cobra.Command{
@@ -81,8 +83,8 @@ func newNetworkCmd(a *app) *cobra.Command {
 				return err
 			}
 			return a.render(n, func(w io.Writer) error {
-				fmt.Fprintf(w, "Name: %s\nBridge: %s\nSubnet: %s\nGateway: %s\nNAT: %v\nUplink: %s\nDNS domain: %s\nUsed by: %s\n",
-					n.Name, n.Bridge, n.Subnet, n.Gateway, n.NAT, orDash(n.Uplink), n.DNSDomain, strings.Join(n.UsedBy, ", "))
+				fmt.Fprintf(w, "Name: %s\nBridge: %s\nSubnet: %s\nGateway: %s\nNAT: %v\nHost access: %v\nUplink: %s\nDNS domain: %s\nUsed by: %s\n",
+					n.Name, n.Bridge, n.Subnet, n.Gateway, n.NAT, n.HostAccess, orDash(n.Uplink), n.DNSDomain, strings.Join(n.UsedBy, ", "))
 				return nil
 			})
 		},

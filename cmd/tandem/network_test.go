@@ -29,3 +29,15 @@ func TestNetworkUplink(t *testing.T) {
 		t.Fatalf("list: code %d\n%s\nwant\n%s", r.code, r.stdout, want)
 	}
 }
+
+func TestNetworkHostAccess(t *testing.T) {
+	d, dir := startFake(t)
+	if r := cli(t, dir, false, "network", "create", "open", "--host-access"); r.code != 0 {
+		t.Fatalf("create: code %d err %q", r.code, r.stderr)
+	}
+	var req api.NetworksPost
+	posts := d.requests("POST", "/1.0/networks")
+	if len(posts) != 1 || json.Unmarshal([]byte(posts[0].Body), &req) != nil || !req.HostAccess {
+		t.Fatalf("request: %+v", posts)
+	}
+}

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -57,7 +60,7 @@ func newTable(w io.Writer, header ...string) *table {
 
 func (t *table) row(cells ...string) {
 	for i, c := range cells {
-		c = strings.Join(strings.Fields(c), " ")
+		c = strings.Join(strings.Fields(printable(c)), " ")
 		if c == "" {
 			c = "-"
 		}
@@ -81,8 +84,43 @@ func sortedKeys[V any](m map[string]V) []string {
 // kvLines prints "  key: value" lines for a string map, indented.
 func kvLines(w io.Writer, indent string, m map[string]string) {
 	for _, k := range sortedKeys(m) {
-		fmt.Fprintf(w, "%s%s: %s\n", indent, k, m[k])
+		fmt.Fprintf(w, "%s%s: %s\n", indent, printable(k), printable(m[k]))
 	}
+}
+
+// escapeRE matches terminal escape sequences: CSI (colours, cursor moves), OSC (window titles,
+// hyperlinks) up to its terminator, and the two-byte ones.
+var escapeRE = regexp.MustCompile(`\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b[@-Z\\-_]?`)
+
+// printable makes text that a guest or a user controls (a hostname, an OS name, a config value)
+// safe to print on a terminal: escape sequences and bidi overrides go, line breaks and tabs become
+// spaces (a value cannot fake a line of its own), other control characters and invalid UTF-8
+// become U+FFFD.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, needsCleaning) {
+		return s
+	}
+	s = escapeRE.ReplaceAllString(strings.ToValidUTF8(s, "\uFFFD"), "")
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
+			return ' '
+		case isBidiControl(r):
+			return -1
+		case unicode.IsControl(r):
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
+
+func needsCleaning(r rune) bool {
+	return unicode.IsControl(r) || isBidiControl(r) || r == utf8.RuneError
+}
+
+// isBidiControl: the embeddings, overrides and isolates that can make text read other than it is.
+func isBidiControl(r rune) bool {
+	return (r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069') || r == '\u200e' || r == '\u200f'
 }
 
 func formatTime(t time.Time) string {

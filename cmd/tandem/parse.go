@@ -22,7 +22,7 @@ func parseKeyValues(words []string) (map[string]string, error) {
 	return out, nil
 }
 
-// parseDevice parses a --device value: "NAME,key=value,..." such as "eth0,type=nic,network=default".
+// parseDevice parses a --device value: "NAME,key=value,..." such as "eth0,type=nic,network=tandem0".
 func parseDevice(spec string) (string, map[string]string, error) {
 	parts := strings.Split(spec, ",")
 	name := strings.TrimSpace(parts[0])

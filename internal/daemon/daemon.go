@@ -177,6 +177,9 @@ func Run(ctx context.Context, cfg Config) error {
 		Handler:           logRequests(srv.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		// Connections are kept per client certificate so that revoking one closes them.
+		ConnContext: server.ConnContext,
+		ConnState:   srv.ConnState,
 	}
 
 	errc := make(chan error, 2)

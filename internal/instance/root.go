@@ -74,10 +74,14 @@ func (m *Manager) withRoot(devices api.Devices, kind string, drv driver.Driver, 
 	return out, nil
 }
 
-// checkNewRoot answers at once what would fail the create of a root: an unknown pool, a root
-// volume of that name already there (another host's instance on a shared pool) or, to adopt one,
-// not there.
+// checkNewRoot answers at once what would fail the create of a root: an instance of that name, an
+// unknown pool, a root volume of that name already there (another host's instance on a shared
+// pool) or, to adopt one, not there.
 func (m *Manager) checkNewRoot(ctx context.Context, name, kind string, devices map[string]map[string]string, existing bool) error {
+	// An instance of that name here owns that root: say so, rather than talk of its volume.
+	if _, err := m.store.GetInstance(name); err == nil {
+		return errdefs.Exists("instance %q already exists", name)
+	}
 	dev := rootDevice(devices)
 	if dev == nil {
 		return nil

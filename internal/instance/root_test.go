@@ -539,3 +539,21 @@ func TestReadoptAfterLostStateFile(t *testing.T) {
 		t.Fatalf("copies left after delete: %+v", recs)
 	}
 }
+
+// A launch or copy onto a name in use says the instance exists, not that its root does.
+func TestCreateOntoExistingName(t *testing.T) {
+	h := newRootHarness(t, t.TempDir(), newFakeVolumes())
+	ctx := context.Background()
+	h.launch("c1")
+	h.mustRun(h.m.Create(ctx, api.InstancesPost{Name: "c2", Image: "busybox"}))
+	_, err := h.m.Create(ctx, api.InstancesPost{Name: "c1", Image: "busybox", Start: true})
+	wantErr(t, err, errdefs.ErrAlreadyExists, `instance "c1" already exists`)
+	if strings.Contains(err.Error(), "root volume") {
+		t.Fatalf("error talks of the root: %v", err)
+	}
+	_, err = h.m.Copy(ctx, "c2", api.InstanceCopyPost{Name: "c1"})
+	wantErr(t, err, errdefs.ErrAlreadyExists, `instance "c1" already exists`)
+	if h.status("c1") != api.StatusRunning {
+		t.Fatalf("c1 is %s after the refused creates", h.status("c1"))
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"tandem/api"
 	"tandem/internal/errdefs"
 	"tandem/internal/network"
+	"tandem/internal/storage"
 	"tandem/internal/units"
 )
 
@@ -54,7 +55,7 @@ var configKeys = map[string]keyCheck{
 	"limits.cpu.allowance": checkAllowance,
 	"limits.memory":        checkPositiveSize,
 	"limits.memory.swap":   checkBool,
-	"limits.disk":          checkPositiveSize,
+	"limits.disk":          checkDiskSize,
 	"limits.processes":     checkPositiveInt,
 	"security.privileged":  checkBool,
 	"security.nesting":     checkBool,
@@ -193,6 +194,12 @@ func checkPositiveSize(v string) error {
 	return nil
 }
 
+// checkDiskSize refuses what no disk can be (0, under 4MiB, over 1EiB), as volume sizes are.
+func checkDiskSize(v string) error {
+	_, err := storage.ParseSize(v)
+	return err
+}
+
 func checkPositiveInt(v string) error {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
@@ -222,11 +229,11 @@ var deviceNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 // deviceKeys lists the keys each device type accepts.
 var deviceKeys = map[string]map[string]keyCheck{
 	"nic": {
-		"network": checkWord, "name": checkWord, "hwaddr": checkMAC,
+		"network": checkWord, "name": network.CheckInterfaceName, "hwaddr": checkMAC,
 		"ipv4.address": checkIPv4, "limits.ingress": checkRate, "limits.egress": checkRate,
 	},
 	"disk": {
-		"pool": checkWord, "source": checkAny, "path": checkAny, "size": checkPositiveSize,
+		"pool": checkWord, "source": checkAny, "path": checkAny, "size": checkDiskSize,
 		"readonly": checkBool, "boot.priority": checkPositiveInt,
 	},
 }

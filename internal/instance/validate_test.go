@@ -1,8 +1,11 @@
 package instance
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"tandem/internal/errdefs"
 )
 
 func TestValidateName(t *testing.T) {
@@ -59,5 +62,34 @@ func TestParseStat(t *testing.T) {
 		if checkGuestPath(p) == nil {
 			t.Errorf("path %q accepted", p)
 		}
+	}
+}
+
+// Impossible sizes and NIC names Linux reserves are refused when asked, not when the driver tries.
+func TestValidateRefusesImpossible(t *testing.T) {
+	for key, v := range map[string]string{"limits.disk": "18446744073709551615", "limits.memory": "0"} {
+		err := ValidateConfig(map[string]string{key: v})
+		if !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s=%s: %v", key, v, err)
+		}
+	}
+	if err := ValidateConfig(map[string]string{"limits.disk": "2EiB"}); err == nil || !strings.Contains(err.Error(), "1EiB") {
+		t.Errorf("limits.disk=2EiB: %v", err)
+	}
+	if err := ValidateConfig(map[string]string{"limits.disk": "1KiB"}); err == nil || !strings.Contains(err.Error(), "too small") {
+		t.Errorf("limits.disk=1KiB: %v", err)
+	}
+	root := map[string]string{"type": "disk", "path": "/", "size": "18446744073709551615"}
+	if err := ValidateDevice("root", root); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("root size 2^64-1: %v", err)
+	}
+	for _, name := range []string{"lo", "all", "default", "sixteen-chars-xy", ".."} {
+		err := ValidateDevice("eth1", map[string]string{"type": "nic", "network": "tandem0", "name": name})
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), `key "name"`) {
+			t.Errorf("NIC name %q: %v", name, err)
+		}
+	}
+	if err := ValidateDevice("eth1", map[string]string{"type": "nic", "network": "tandem0", "name": "eth1"}); err != nil {
+		t.Errorf("NIC name eth1: %v", err)
 	}
 }

@@ -146,20 +146,26 @@ func dnsmasqPID(f dnsmasqFiles) int {
 }
 
 func isOurDnsmasq(pid int, conf string) bool {
+	return dnsmasqConfOf(pid) == conf
+}
+
+// dnsmasqConfOf returns the --conf-file of a dnsmasq process, or "" if pid is no dnsmasq (or gone,
+// or a zombie whose cmdline is empty).
+func dnsmasqConfOf(pid int) string {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return false // gone, or a zombie whose cmdline is empty
+		return ""
 	}
 	args := strings.Split(string(cmdline), "\x00")
 	if len(args) == 0 || filepath.Base(args[0]) != "dnsmasq" {
-		return false
+		return ""
 	}
 	for _, a := range args[1:] {
-		if a == "--conf-file="+conf {
-			return true
+		if conf, ok := strings.CutPrefix(a, "--conf-file="); ok {
+			return conf
 		}
 	}
-	return false
+	return ""
 }
 
 // startDnsmasq starts the network's dnsmasq in its own session, so it outlives tandemd. dnsmasq

@@ -57,19 +57,22 @@ type Config struct {
 	// Uplink is an existing host interface to enslave to the bridge (see uplink.go); it needs an
 	// explicit Subnet, the same on every host sharing the segment.
 	Uplink string
+	// HostAccess lets instances reach every service of the host, not only DHCP, DNS and ICMP.
+	HostAccess bool
 }
 
 // Network describes a managed network.
 type Network struct {
-	Name      string    `json:"name"`
-	Bridge    string    `json:"bridge"`
-	Subnet    string    `json:"subnet"`
-	Gateway   string    `json:"gateway"`
-	NAT       bool      `json:"nat"`
-	DNSDomain string    `json:"dns_domain"`
-	Uplink    string    `json:"uplink,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	Leases    []Lease   `json:"leases"`
+	Name       string    `json:"name"`
+	Bridge     string    `json:"bridge"`
+	Subnet     string    `json:"subnet"`
+	Gateway    string    `json:"gateway"`
+	NAT        bool      `json:"nat"`
+	DNSDomain  string    `json:"dns_domain"`
+	Uplink     string    `json:"uplink,omitempty"`
+	HostAccess bool      `json:"host_access"`
+	CreatedAt  time.Time `json:"created_at"`
+	Leases     []Lease   `json:"leases"`
 }
 
 // Manager owns the networks of one daemon. One mutex serializes every change: they are short, and
@@ -77,6 +80,9 @@ type Network struct {
 type Manager struct {
 	opts Options
 	intn func(int) int
+	// lock tells other daemons this one lives and owns its bridges (adopt.go); nil if another
+	// Manager of this process holds it.
+	lock *os.File
 
 	mu   sync.Mutex
 	nets map[string]*state
@@ -112,7 +118,7 @@ func NewManager(opts Options) (*Manager, error) {
 		slog.Warn("network: removing leftover of an interrupted create", "dir", dir)
 		os.RemoveAll(dir)
 	}
-	return &Manager{opts: opts, intn: rand.IntN, nets: nets}, nil
+	return &Manager{opts: opts, intn: rand.IntN, nets: nets, lock: takeOwnerLock(opts.Dir)}, nil
 }
 
 func (m *Manager) netDir(name string) string { return filepath.Join(m.opts.Dir, name) }
@@ -124,7 +130,7 @@ func (m *Manager) files(name string) dnsmasqFiles {
 func (m *Manager) describe(s *state) Network {
 	n := Network{
 		Name: s.Name, Bridge: s.Name, Subnet: s.Subnet.String(), Gateway: s.gateway().String(),
-		NAT: s.NAT, DNSDomain: s.DNSDomain, Uplink: s.Uplink, CreatedAt: s.CreatedAt, Leases: []Lease{},
+		NAT: s.NAT, DNSDomain: s.DNSDomain, Uplink: s.Uplink, HostAccess: s.HostAccess, CreatedAt: s.CreatedAt, Leases: []Lease{},
 	}
 	for _, a := range s.sortedAttachments() {
 		n.Leases = append(n.Leases, s.lease(a))
@@ -158,6 +164,11 @@ func (m *Manager) Get(ctx context.Context, name string) (Network, error) {
 // Create makes a network: state record first (so a crash leaves something Recover finishes or Delete
 // removes), then bridge, rules and dnsmasq. A failure undoes everything it did.
 func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
+	return m.create(ctx, cfg, false)
+}
+
+// create is Create; adopting takes over an existing bridge of that name (adopt.go).
+func (m *Manager) create(ctx context.Context, cfg Config, adopting bool) (Network, error) {
 	if err := ValidateName(cfg.Name); err != nil {
 		return Network{}, err
 	}
@@ -185,7 +196,7 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	}
 	if l, err := getLink(ctx, cfg.Name); err != nil {
 		return Network{}, err
-	} else if l != nil {
+	} else if l != nil && !adopting {
 		return Network{}, errdefs.Exists("an interface named %q already exists on this host; choose another network name", cfg.Name)
 	}
 	if cfg.Uplink != "" {
@@ -197,7 +208,7 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 	for n, s := range m.nets {
 		others[n] = s.Subnet
 	}
-	routes, err := m.foreignRoutes(ctx)
+	routes, err := m.foreignRoutes(ctx, cfg.Name)
 	if err != nil {
 		return Network{}, err
 	}
@@ -211,7 +222,8 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 
 	s := &state{
 		Name: cfg.Name, Subnet: subnet, NAT: cfg.NAT == nil || *cfg.NAT, DNSDomain: domain, Uplink: cfg.Uplink,
-		BridgeMAC: stableMAC("bridge/"+cfg.Name, 0), CreatedAt: time.Now().UTC(),
+		HostAccess: cfg.HostAccess,
+		BridgeMAC:  stableMAC("bridge/"+cfg.Name, 0), CreatedAt: time.Now().UTC(),
 		Attachments: map[string]*attachment{},
 	}
 	dir := m.netDir(s.Name)
@@ -235,29 +247,33 @@ func (m *Manager) Create(ctx context.Context, cfg Config) (Network, error) {
 }
 
 // foreignRoutes are the host's routes except those through tandem's own bridges (those networks
-// are checked by name, with a clearer message).
-func (m *Manager) foreignRoutes(ctx context.Context) ([]hostRoute, error) {
+// are checked by name, with a clearer message) and the one being made (an adopted bridge's).
+func (m *Manager) foreignRoutes(ctx context.Context, making string) ([]hostRoute, error) {
 	all, err := hostRoutes(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []hostRoute
 	for _, r := range all {
-		if _, ours := m.nets[r.Dev]; !ours {
+		if _, ours := m.nets[r.Dev]; !ours && r.Dev != making {
 			out = append(out, r)
 		}
 	}
 	return out, nil
 }
 
-// EnsureDefault creates the default network unless it exists.
+// EnsureDefault creates the default network unless it exists. A bridge of that name that this
+// Manager has no record of is adopted if no live daemon owns it; if one does, the error says which.
 func (m *Manager) EnsureDefault(ctx context.Context) (Network, error) {
 	if n, err := m.Get(ctx, DefaultName); err == nil {
 		return n, nil
 	}
 	n, err := m.Create(ctx, Config{Name: DefaultName})
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
-		return m.Get(ctx, DefaultName)
+		if n, gerr := m.Get(ctx, DefaultName); gerr == nil {
+			return n, nil
+		}
+		return m.adopt(ctx, DefaultName)
 	}
 	return n, err
 }
@@ -317,7 +333,7 @@ func (m *Manager) up(ctx context.Context, s *state, recovering bool) error {
 	if err := enableForwarding(); err != nil {
 		return err
 	}
-	if err := ensureBridge(ctx, s); err != nil {
+	if err := ensureBridge(ctx, s, m.opts.Dir); err != nil {
 		return err
 	}
 	if err := applyNft(ctx, nftRuleset(s)); err != nil {
@@ -343,8 +359,9 @@ func (m *Manager) down(ctx context.Context, s *state) error {
 	)
 }
 
-// ensureBridge creates the bridge if needed and gives it the gateway address.
-func ensureBridge(ctx context.Context, s *state) error {
+// ensureBridge creates the bridge if needed, marked as owned by the Manager of dir, and gives it
+// the gateway address. A bridge another live daemon owns is refused.
+func ensureBridge(ctx context.Context, s *state, dir string) error {
 	l, err := getLink(ctx, s.Name)
 	if err != nil {
 		return err
@@ -357,6 +374,13 @@ func ensureBridge(ctx context.Context, s *state) error {
 		}
 	} else if l.LinkInfo.Kind != "bridge" {
 		return errdefs.Conflict("interface %q exists and is a %q, not a bridge", s.Name, l.LinkInfo.Kind)
+	} else if err := checkBridgeOwner(l, dir); err != nil {
+		return err
+	}
+	if l == nil || l.Alias != ownerMark+dir {
+		if err := markBridge(ctx, s.Name, dir); err != nil {
+			return err
+		}
 	}
 	addr := fmt.Sprintf("%s/%d", s.gateway(), s.Subnet.Bits())
 	if _, err := run(ctx, "", "ip", "addr", "replace", addr, "dev", s.Name); err != nil {

@@ -56,13 +56,36 @@ func nftRuleset(s *state) string {
 	b.WriteString("}\n")
 
 	fmt.Fprintf(&b, "table ip %s\ndelete table ip %s\n", t, t)
-	if s.NAT {
+	if s.NAT || !s.HostAccess {
 		fmt.Fprintf(&b, "table ip %s {\n", t)
-		b.WriteString("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
-		fmt.Fprintf(&b, "\t\tip saddr %s ip daddr != { %s, 224.0.0.0/4, 255.255.255.255 } masquerade\n", s.Subnet, s.Subnet)
-		b.WriteString("\t}\n}\n")
+		if !s.HostAccess {
+			writeInputChain(&b, s)
+		}
+		if s.NAT {
+			b.WriteString("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+			fmt.Fprintf(&b, "\t\tip saddr %s ip daddr != { %s, 224.0.0.0/4, 255.255.255.255 } masquerade\n", s.Subnet, s.Subnet)
+			b.WriteString("\t}\n")
+		}
+		b.WriteString("}\n")
 	}
 	return b.String()
+}
+
+// writeInputChain renders the host's input filter for what arrives from the bridge, to any of
+// the host's addresses: instances get DHCP and DNS from the network's dnsmasq and ICMP (ping, path
+// MTU), and answers to connections the host opened; anything else (the API, the join endpoint,
+// SSH) is rejected at once, so a client sees "connection refused" rather than a timeout. Forwarded
+// traffic (NAT to the outside, instance to instance) does not pass the input hook.
+func writeInputChain(b *strings.Builder, s *state) {
+	b.WriteString("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n")
+	fmt.Fprintf(b, "\t\tiifname != %q return\n", s.Name)
+	b.WriteString("\t\tct state established,related accept\n")
+	b.WriteString("\t\tudp dport { 53, 67 } accept\n")
+	b.WriteString("\t\ttcp dport 53 accept\n")
+	b.WriteString("\t\tip protocol icmp accept\n")
+	b.WriteString("\t\tmeta l4proto tcp reject with tcp reset\n")
+	b.WriteString("\t\treject\n")
+	b.WriteString("\t}\n")
 }
 
 func writePortChain(b *strings.Builder, a *attachment) {

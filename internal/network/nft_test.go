@@ -53,6 +53,16 @@ table bridge tandem-net1 {
 table ip tandem-net1
 delete table ip tandem-net1
 table ip tandem-net1 {
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname != "net1" return
+		ct state established,related accept
+		udp dport { 53, 67 } accept
+		tcp dport 53 accept
+		ip protocol icmp accept
+		meta l4proto tcp reject with tcp reset
+		reject
+	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr 10.1.2.0/24 ip daddr != { 10.1.2.0/24, 224.0.0.0/4, 255.255.255.255 } masquerade
@@ -69,12 +79,33 @@ func TestNftRulesetNoPortsNoNAT(t *testing.T) {
 	s.NAT = false
 	s.Attachments = map[string]*attachment{}
 	got := nftRuleset(s)
-	if strings.Contains(got, "vmap") || strings.Contains(got, "masquerade") || strings.Contains(got, "table ip tandem-net1 {") {
-		t.Fatalf("empty, NAT-less network should have no port jumps and no NAT table:\n%s", got)
+	if strings.Contains(got, "vmap") || strings.Contains(got, "masquerade") {
+		t.Fatalf("empty, NAT-less network should have no port jumps and no NAT:\n%s", got)
+	}
+	// The host's input filter stays: it does not depend on NAT.
+	if !strings.Contains(got, "hook input") {
+		t.Fatalf("NAT-less network lost its input filter:\n%s", got)
+	}
+	s.HostAccess = true
+	if got = nftRuleset(s); strings.Contains(got, "table ip tandem-net1 {") {
+		t.Fatalf("NAT-less network with host access should have no ip table:\n%s", got)
 	}
 	// The ip table is still deleted, so turning NAT off leaves no masquerade behind.
 	if !strings.Contains(got, "delete table ip tandem-net1\n") {
 		t.Fatalf("NAT table not removed:\n%s", got)
+	}
+}
+
+// host access lifts the input filter and nothing else.
+func TestNftRulesetHostAccess(t *testing.T) {
+	s := portState()
+	s.HostAccess = true
+	got := nftRuleset(s)
+	if strings.Contains(got, "hook input") || strings.Contains(got, "reject") {
+		t.Fatalf("host access still filters input:\n%s", got)
+	}
+	if !strings.Contains(got, "masquerade") || !strings.Contains(got, "chain port-tdmaaaa") {
+		t.Fatalf("host access dropped NAT or anti-spoofing:\n%s", got)
 	}
 }
 

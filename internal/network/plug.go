@@ -29,8 +29,8 @@ func (m *Manager) PlugVeth(ctx context.Context, network string, lease Lease, net
 	if ifName == "" {
 		ifName = "eth0"
 	}
-	if !ifNameRE.MatchString(ifName) {
-		return errdefs.Invalid("interface name %q is not a valid Linux interface name", ifName)
+	if err := CheckInterfaceName(ifName); err != nil {
+		return errdefs.Invalid("interface name %v", err)
 	}
 	if _, err := os.Stat(netnsPath); err != nil {
 		return errdefs.Invalid("network namespace %q: %v", netnsPath, err)

@@ -24,6 +24,8 @@ type state struct {
 	// Uplink is a host interface enslaved to the bridge, joining this network to the same-named
 	// networks of other hosts on one L2 segment (uplink.go); "" for a host-local network.
 	Uplink string `json:"uplink,omitempty"`
+	// HostAccess lifts the input filter: instances may reach any service of the host (nft.go).
+	HostAccess bool `json:"host_access,omitempty"`
 	// BridgeMAC is fixed so the bridge does not take a port's MAC and change it as ports come and go.
 	// It derives from the name alone, so with an uplink every host's gateway has the same MAC (and
 	// address): an instance moved to another host finds its gateway unchanged, answered locally.

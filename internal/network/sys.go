@@ -41,6 +41,7 @@ type link struct {
 	Name     string   `json:"ifname"`
 	Address  string   `json:"address"`
 	Master   string   `json:"master"`
+	Alias    string   `json:"ifalias"`   // tandem's owner mark on its bridges (adopt.go)
 	Type     string   `json:"link_type"` // "ether", "loopback", ...
 	Flags    []string `json:"flags"`
 	LinkInfo struct {

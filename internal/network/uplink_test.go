@@ -102,7 +102,7 @@ func TestCreateRefusesBadUplink(t *testing.T) {
 			t.Errorf("uplink %q: %v, want %v with %q", c.uplink, err, c.kind, c.want)
 		}
 	}
-	entries, _ := os.ReadDir(dir)
+	entries := recordDirs(dir)
 	if len(entries) != 1 || len(m.List(ctx)) != 1 {
 		t.Fatalf("a refused create left something: %v", entries)
 	}

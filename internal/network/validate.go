@@ -22,6 +22,10 @@ const (
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
+// reservedIfNames are names Linux keeps for itself: /proc/sys/net/ipv{4,6}/conf/{all,default}
+// and the bonding driver's control file beside the interfaces in /sys/class/net.
+var reservedIfNames = map[string]bool{"all": true, "default": true, "bonding_masters": true}
+
 // ValidateName checks a network name. The name is also the bridge's interface name, so on top of
 // the instance-name rules (1-63 of a-z, 0-9, '-', not starting with '-') it must fit IFNAMSIZ.
 func ValidateName(name string) error {
@@ -32,6 +36,8 @@ func ValidateName(name string) error {
 	switch {
 	case name == "":
 		return errdefs.Invalid("network name is empty")
+	case reservedIfNames[name]:
+		return errdefs.Invalid("network name %s is reserved by Linux (it names the bridge interface); choose another", shown)
 	case nameRE.MatchString(name) && len(name) <= ifNameMax:
 		return nil
 	case len(name) > 63:
@@ -44,6 +50,20 @@ func ValidateName(name string) error {
 	default:
 		return errdefs.Invalid("network name %s may only contain a-z, 0-9 and '-'", shown)
 	}
+}
+
+// CheckInterfaceName checks the name a NIC gets inside an instance: a Linux interface name that
+// Linux does not keep for itself.
+func CheckInterfaceName(name string) error {
+	switch {
+	case !ifNameRE.MatchString(name):
+		return fmt.Errorf("%q: want a Linux interface name, 1-15 of letters, digits, '.', '_' and '-', not starting with '.' or '-'", name)
+	case name == "lo":
+		return fmt.Errorf("%q is the loopback interface", name)
+	case reservedIfNames[name]:
+		return fmt.Errorf("%q is reserved by Linux", name)
+	}
+	return nil
 }
 
 // special IPv4 ranges no tandem subnet may use.

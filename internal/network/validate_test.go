@@ -25,10 +25,28 @@ func TestValidateName(t *testing.T) {
 		"a/b":                   "may only contain",
 		"sixteen-chars-xy":      "Linux interface names are at most 15",
 		strings.Repeat("a", 64): "the limit is 63",
+		"default":               "reserved",
+		"all":                   "reserved",
 	} {
 		err := ValidateName(name)
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want invalid with %q", name, err, want)
+		}
+	}
+}
+
+func TestCheckInterfaceName(t *testing.T) {
+	for _, ok := range []string{"eth0", "eth1", "net_1", "a.b", "fifteen-chars-x"} {
+		if err := CheckInterfaceName(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for name, want := range map[string]string{
+		"lo": "loopback", "all": "reserved", "default": "reserved", "bonding_masters": "reserved",
+		"": "1-15", ".": "1-15", "..": "1-15", "sixteen-chars-xy": "1-15", "a/b": "1-15", "a:b": "1-15", "a b": "1-15",
+	} {
+		if err := CheckInterfaceName(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want one with %q", name, err, want)
 		}
 	}
 }
@@ -149,8 +167,20 @@ func TestCreateRefusesBadInput(t *testing.T) {
 			t.Errorf("%+v: err = %v, want %v with %q", c.cfg, err, c.kind, c.want)
 		}
 	}
-	entries, _ := os.ReadDir(dir)
+	entries := recordDirs(dir)
 	if len(entries) != 1 || len(m.List(ctx)) != 1 {
 		t.Fatalf("a refused create left something: %v", entries)
 	}
+}
+
+// recordDirs lists dir but the owner lock every Manager keeps there.
+func recordDirs(dir string) []os.DirEntry {
+	entries, _ := os.ReadDir(dir)
+	var out []os.DirEntry
+	for _, e := range entries {
+		if e.Name() != ownerLock {
+			out = append(out, e)
+		}
+	}
+	return out
 }

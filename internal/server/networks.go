@@ -47,7 +47,8 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) {
 	}
 	// Creating a bridge and starting dnsmasq takes well under a second: answered synchronously.
 	n, err := s.Networks.Create(context.WithoutCancel(r.Context()), network.Config{
-		Name: req.Name, Subnet: req.Subnet, NAT: req.NAT, DNSDomain: req.DNSDomain, Uplink: req.Uplink})
+		Name: req.Name, Subnet: req.Subnet, NAT: req.NAT, DNSDomain: req.DNSDomain, Uplink: req.Uplink,
+		HostAccess: req.HostAccess})
 	if err != nil {
 		writeError(w, err)
 		return
@@ -83,7 +84,7 @@ func (s *Server) deleteNetwork(w http.ResponseWriter, r *http.Request) {
 
 func networkView(n network.Network) api.Network {
 	v := api.Network{Name: n.Name, Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, NAT: n.NAT,
-		DNSDomain: n.DNSDomain, Uplink: n.Uplink, UsedBy: []string{}}
+		DNSDomain: n.DNSDomain, Uplink: n.Uplink, HostAccess: n.HostAccess, UsedBy: []string{}}
 	for _, l := range n.Leases {
 		v.UsedBy = append(v.UsedBy, l.Instance+"/"+l.NIC)
 	}

@@ -38,6 +38,8 @@ type Server struct {
 	Migrations *migrate.Engine
 	Dir        string
 
+	peers peerConns
+
 	hostMu   sync.Mutex
 	hostAt   time.Time
 	hostSeen api.Host

@@ -25,6 +25,7 @@ import (
 
 type testAPI struct {
 	t      *testing.T
+	s      *Server
 	srv    *httptest.Server
 	drv    *fake.Driver
 	mgr    *instance.Manager
@@ -60,7 +61,7 @@ func newTestAPI(t *testing.T, delay ...time.Duration) *testAPI {
 		ops.Shutdown(5 * time.Second)
 		st.Close()
 	})
-	return &testAPI{t: t, srv: srv, drv: drv, mgr: mgr, images: images}
+	return &testAPI{t: t, s: s, srv: srv, drv: drv, mgr: mgr, images: images}
 }
 
 // do sends a request with a raw body and returns the status and body.
@@ -387,4 +388,23 @@ func TestTLSAuthorization(t *testing.T) {
 	if code := get("POST", "/1.0/trust/tokens"); code != http.StatusForbidden {
 		t.Fatalf("remote token issue: %d", code)
 	}
+}
+
+// Impossible sizes and reserved NIC names are 400 at once, not a 202 whose operation fails.
+func TestImpossibleValuesAre400(t *testing.T) {
+	a := newTestAPI(t)
+	for _, c := range []struct {
+		req  api.InstancesPost
+		want string
+	}{
+		{api.InstancesPost{Config: map[string]string{"limits.disk": "18446744073709551615"}}, "limits.disk"},
+		{api.InstancesPost{Devices: api.Devices{"eth1": {"type": "nic", "network": "tandem0", "name": "lo"}}}, "loopback"},
+		{api.InstancesPost{Devices: api.Devices{"eth1": {"type": "nic", "network": "tandem0", "name": "default"}}}, "reserved"},
+	} {
+		c.req.Name, c.req.Type, c.req.Image = "c1", api.TypeContainer, "busybox"
+		body, _ := json.Marshal(c.req)
+		a.wantError("POST", "/1.0/instances", string(body), 400, c.want)
+	}
+	a.launch("c2", false)
+	a.wantError("PATCH", "/1.0/instances/c2", `{"config":{"limits.disk":"18446744073709551615"}}`, 400, "1EiB")
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -33,16 +34,20 @@ func (s *Server) registerTrust(mux *http.ServeMux) {
 	mux.HandleFunc("POST /1.0/trust/tokens", s.localOnly(s.createToken))
 	mux.HandleFunc("GET /1.0/trust", s.listTrusted)
 	mux.HandleFunc("POST /1.0/trust", s.joinWithToken)
-	mux.HandleFunc("DELETE /1.0/trust/{fingerprint}", s.revokeTrust)
+	mux.HandleFunc("DELETE /1.0/trust/{fingerprint}", s.localOnly(s.revokeTrust))
 	mux.HandleFunc("GET /1.0/remotes", s.listRemotes)
 	mux.HandleFunc("POST /1.0/remotes", s.localOnly(s.addRemote))
 	mux.HandleFunc("DELETE /1.0/remotes/{name}", s.localOnly(s.deleteRemote))
 }
 
 // authorize admits every request on the unix socket (root only), and over TLS only trusted
-// certificates, except a join with a token.
+// certificates, except a join with a token. A TLS request is tracked before its certificate is
+// checked, so a revocation that lands after the check still finds and cuts it.
 func (s *Server) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, done := s.peers.track(r.Context(), r.TLS)
+		defer done()
+		r = r.WithContext(ctx)
 		if r.TLS != nil && !s.Trust.Trusted.IsTrusted(r.TLS) && !(r.Method == http.MethodPost && r.URL.Path == "/1.0/trust") {
 			writeJSON(w, http.StatusForbidden, api.Error{Error: "client certificate is not trusted", Code: http.StatusForbidden})
 			return
@@ -123,10 +128,16 @@ func (s *Server) listTrusted(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// revokeTrust removes a certificate and cuts every connection it has open. It is local-only: a
+// trusted peer must not be able to lock another one out.
 func (s *Server) revokeTrust(w http.ResponseWriter, r *http.Request) {
-	if _, err := s.Trust.Trusted.Remove(r.PathValue("fingerprint")); err != nil {
+	e, err := s.Trust.Trusted.Remove(r.PathValue("fingerprint"))
+	if err != nil {
 		writeError(w, errdefs.NotFound("%v", err))
 		return
+	}
+	if n := s.peers.cut(e.Fingerprint); n > 0 {
+		slog.Info("trust: revoked certificate's connections cut", "name", e.Name, "fingerprint", e.Fingerprint, "connections and requests", n)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{})
 }

@@ -185,19 +185,25 @@ func (nt *netTest) connectivity(t *testing.T) {
 	}
 	// NAT: a server in an "outside" namespace with no route back to the subnet is reachable only
 	// through masquerade.
-	out := nt.AddNS(t, "out")
-	nt.Sh(t, "ip", "link", "add", "tdtup", "type", "veth", "peer", "name", "up0", "netns", out)
-	nt.Sh(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "tdtup")
-	nt.Sh(t, "ip", "link", "set", "tdtup", "up")
-	nt.Sh(t, "ip", "-n", out, "addr", "add", "198.51.100.2/24", "dev", "up0")
-	nt.Sh(t, "ip", "-n", out, "link", "set", "up0", "up")
 	www := filepath.Join(nt.Dir, "www")
 	os.MkdirAll(www, 0o755)
 	os.WriteFile(filepath.Join(www, "hello"), []byte("hello through NAT\n"), 0o644)
-	nt.BG(t, "out", "busybox", "httpd", "-f", "-p", "8080", "-h", www)
+	outsideServer(t, nt.Env, www)
 	if body, _, err := nt.Fetch("c1", "http://198.51.100.2:8080/hello"); err != nil || body != "hello through NAT\n" {
 		t.Fatalf("outside server through NAT: %q, %v", body, err)
 	}
+}
+
+// outsideServer serves dir on http://198.51.100.2:8080 from a namespace "out" that only the test's
+// own namespace (the host) reaches: instances get there only through NAT.
+func outsideServer(t *testing.T, env *nettest.Env, dir string) {
+	out := env.AddNS(t, "out")
+	env.Sh(t, "ip", "link", "add", "tdtup", "type", "veth", "peer", "name", "up0", "netns", out)
+	env.Sh(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "tdtup")
+	env.Sh(t, "ip", "link", "set", "tdtup", "up")
+	env.Sh(t, "ip", "-n", out, "addr", "add", "198.51.100.2/24", "dev", "up0")
+	env.Sh(t, "ip", "-n", out, "link", "set", "up0", "up")
+	env.BG(t, "out", "busybox", "httpd", "-f", "-p", "8080", "-h", dir)
 }
 
 func (nt *netTest) antiSpoofing(t *testing.T) {

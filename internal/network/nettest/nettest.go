@@ -135,14 +135,24 @@ func (e *Env) Sh(t *testing.T, name string, args ...string) string {
 	return out
 }
 
-// In runs a command inside helper namespace name.
+// In runs a command inside helper namespace name, or in the test's own namespace (the host's) for "".
 func (e *Env) In(name string, args ...string) (string, error) {
-	return e.Try("ip", append([]string{"netns", "exec", e.NS(name)}, args...)...)
+	line := e.inNS(name, args)
+	return e.Try(line[0], line[1:]...)
 }
 
-// BG starts a long-running helper (a server) in a namespace; it is killed, by pid, at the end.
+// inNS is the command line that runs args in helper namespace name ("": the test's own).
+func (e *Env) inNS(name string, args []string) []string {
+	if name == "" {
+		return args
+	}
+	return append([]string{"ip", "netns", "exec", e.NS(name)}, args...)
+}
+
+// BG starts a long-running helper (a server) in a namespace (as In); it is killed, by pid, at the end.
 func (e *Env) BG(t *testing.T, name string, args ...string) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", e.NS(name)}, args...)...)
+	line := e.inNS(name, args)
+	cmd := exec.Command(line[0], line[1:]...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
