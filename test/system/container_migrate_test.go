@@ -181,7 +181,7 @@ func counts(t *testing.T, d *container.Driver, h *driver.Handle) []int {
 func (m *migEnv) checkCarriesOn(on *container.Driver, h *driver.Handle, before []int) {
 	t := m.t
 	t.Helper()
-	if st, err := on.State(context.Background(), h); err != nil || st != driver.StatusRunning {
+	if st, err := on.State(bounded(t), h); err != nil || st != driver.StatusRunning {
 		t.Fatalf("state after the move: %s %v", st, err)
 	}
 	if err := m.echoClient.WaitEcho(15 * time.Second); err != nil {
@@ -387,7 +387,7 @@ func (m *migEnv) lazyConfig() map[string]string {
 			t.Cleanup(func() { os.WriteFile(pipeMax, old, 0o644) })
 		}
 	}
-	f := m.b.MigrationFeatures(context.Background())
+	f := m.b.MigrationFeatures(bounded(t))
 	if !f.LazyPages || !f.LazyDump {
 		t.Skipf("skipping: no lazy migration here: %v", f.Notes)
 	}
@@ -419,7 +419,7 @@ func TestContainerMigrateLazy(t *testing.T) {
 	}
 	rs, err := m.b.Restore(ctx, &handle, container.RestoreOpts{Dir: images, Lazy: true, PageServerAddr: ps})
 	if err != nil {
-		m.a.AbortDump(context.Background(), h)
+		m.a.AbortDump(bounded(t), h)
 		t.Fatalf("lazy restore on B: %v", err)
 	}
 	freeze := time.Since(start)

@@ -176,7 +176,7 @@ func (e *ctEnv) sh(h *driver.Handle, script string) (string, int) {
 
 func (e *ctEnv) wantRunning(h *driver.Handle) {
 	e.t.Helper()
-	if st, err := e.d.State(context.Background(), h); err != nil || st != driver.StatusRunning {
+	if st, err := e.d.State(bounded(e.t), h); err != nil || st != driver.StatusRunning {
 		e.t.Fatalf("state %s (%v), want Running", st, err)
 	}
 }
@@ -294,13 +294,13 @@ func TestContainerExecAndConsole(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	code, err := e.d.Exec(context.Background(), h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", "wc -l; cat"},
+	code, err := e.d.Exec(bounded(t), h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", "wc -l; cat"},
 		Stdin: strings.NewReader("a\nb\nc\n"), Stdout: &out})
 	if err != nil || code != 0 || strings.Fields(out.String())[0] != "3" {
 		t.Errorf("stdin through exec: %q code %d err %v", out.String(), code, err)
 	}
 
-	con, err := e.d.Console(context.Background(), h)
+	con, err := e.d.Console(bounded(t), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +333,7 @@ func TestContainerExecAndConsole(t *testing.T) {
 }
 
 func readConsoleLog(t *testing.T, d *container.Driver, h *driver.Handle) string {
-	r, err := d.ConsoleLog(context.Background(), h)
+	r, err := d.ConsoleLog(bounded(t), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +500,8 @@ func runDaemonHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	for i := 0; i < 3; i++ {
 		spec := &driver.Spec{ID: fmt.Sprintf("kill-%d-%d", i, time.Now().UnixNano()), Name: fmt.Sprintf("k%d", i),
 			Type: "container", Image: "busybox", Config: map[string]string{}}

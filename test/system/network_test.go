@@ -1,7 +1,6 @@
 package system
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -65,7 +64,7 @@ type netTest struct {
 // plugContainer attaches and plugs a veth NIC for a stand-in container.
 func (nt *netTest) plugContainer(t *testing.T, inst string, opts network.AttachOptions) network.Lease {
 	t.Helper()
-	ctx := context.Background()
+	ctx := bounded(t)
 	l, err := nt.m.Attach(ctx, network.DefaultName, inst, "eth0", opts)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +92,7 @@ func (nt *netTest) dhcp(t *testing.T, inst string) {
 }
 
 func (nt *netTest) validation(t *testing.T) {
-	ctx := context.Background()
+	ctx := bounded(t)
 	n, err := nt.m.EnsureDefault(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +144,7 @@ func (nt *netTest) snapshot(t *testing.T) string {
 }
 
 func (nt *netTest) connectivity(t *testing.T) {
-	ctx := context.Background()
+	ctx := bounded(t)
 	for _, c := range []string{"c1", "c2"} {
 		nt.AddNS(t, c)
 		nt.plugContainer(t, c, network.AttachOptions{})
@@ -261,7 +260,7 @@ func (nt *netTest) rateLimits(t *testing.T) {
 	}
 	limit := func(ingress, egress string) {
 		opts := network.AttachOptions{Ingress: ingress, Egress: egress}
-		if _, err := nt.m.Attach(context.Background(), network.DefaultName, "c1", "eth0", opts); err != nil {
+		if _, err := nt.m.Attach(bounded(t), network.DefaultName, "c1", "eth0", opts); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -294,7 +293,7 @@ func (nt *netTest) dnsmasqPid(t *testing.T) int {
 // restartAndReboot: a daemon restart leaves everything running; after a "reboot" (bridge, rules,
 // dnsmasq and NICs gone) Recover and a re-plug give the instances their old addresses back.
 func (nt *netTest) restartAndReboot(t *testing.T) {
-	ctx := context.Background()
+	ctx := bounded(t)
 	pid := nt.dnsmasqPid(t)
 	m, err := network.NewManager(nt.opts)
 	if err != nil {
@@ -342,7 +341,7 @@ func (nt *netTest) restartAndReboot(t *testing.T) {
 // handed to another instance (asked for statically) by DHCP.
 func (nt *netTest) addressReuse(t *testing.T) {
 	old := nt.leases["c2"]
-	if err := nt.m.Detach(context.Background(), network.DefaultName, "c2", "eth0"); err != nil {
+	if err := nt.m.Detach(bounded(t), network.DefaultName, "c2", "eth0"); err != nil {
 		t.Fatal(err)
 	}
 	nt.AddNS(t, "c3")
@@ -357,7 +356,7 @@ func (nt *netTest) addressReuse(t *testing.T) {
 
 // cycles: attach, plug, unplug, detach 50 NICs (with limits); nothing may be left behind.
 func (nt *netTest) cycles(t *testing.T) {
-	ctx := context.Background()
+	ctx := bounded(t)
 	nt.AddNS(t, "cyc")
 	before := nt.snapshot(t)
 	start := time.Now()
@@ -397,7 +396,7 @@ func (nt *netTest) cycles(t *testing.T) {
 }
 
 func (nt *netTest) delete(t *testing.T) {
-	ctx := context.Background()
+	ctx := bounded(t)
 	if err := nt.m.Delete(ctx, network.DefaultName); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("delete of a network in use: %v, want conflict", err)
 	}

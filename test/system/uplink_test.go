@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -81,7 +82,9 @@ func (u *uplinkTest) newManager(t *testing.T, host string) {
 // on runs fn with host's manager in host's network namespace: the manager's ip, nft and dnsmasq
 // commands act there.
 func (u *uplinkTest) on(host string, fn func(context.Context, *network.Manager) error) error {
-	return network.InNetns(u.NSPath(host), func() error { return fn(context.Background(), u.m[host]) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return network.InNetns(u.NSPath(host), func() error { return fn(ctx, u.m[host]) })
 }
 
 func (u *uplinkTest) must(t *testing.T, host string, fn func(context.Context, *network.Manager) error) {

@@ -164,7 +164,7 @@ func (e *env) waitLog(t *testing.T, h *driver.Handle, want string) string {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		r, err := e.d.ConsoleLog(context.Background(), h)
+		r, err := e.d.ConsoleLog(bounded(t), h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,4 +178,12 @@ func (e *env) waitLog(t *testing.T, h *driver.Handle, want string) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// bounded is the context of a test's calls into runc and CRIU: a hang fails the test at its
+// deadline instead of running into go test's timeout.
+func bounded(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }

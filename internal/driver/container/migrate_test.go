@@ -128,7 +128,7 @@ func TestPageProxy(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if commit {
-			if err := pp.commit(context.Background()); err != nil {
+			if err := pp.commit(bounded(t)); err != nil {
 				t.Fatal(err)
 			}
 			if got := <-reqs; got != psIOVClose {

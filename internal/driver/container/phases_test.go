@@ -3,7 +3,6 @@ package container
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +24,7 @@ func TestLimitsLiveAndLXCFS(t *testing.T) {
 	if f := strings.Fields(out); len(f) != 2 || f[0] != "67108864" || f[1] != "50" {
 		t.Fatalf("cgroup limits inside: %q", out)
 	}
-	if e.d.lxcfsDir(context.Background()) != "" {
+	if e.d.lxcfsDir(bounded(t)) != "" {
 		out, _ = e.run(t, h, "free -m | awk '/^Mem:/ {print $2}'; grep -c ^processor /proc/cpuinfo")
 		if f := strings.Fields(out); len(f) != 2 || f[0] != "64" || f[1] != "1" {
 			t.Errorf("free/cpuinfo inside (lxcfs): %q, want 64 MiB and 1 CPU", out)
@@ -36,7 +35,7 @@ func TestLimitsLiveAndLXCFS(t *testing.T) {
 
 	spec := h.Spec
 	spec.Config = map[string]string{"limits.memory": "128MiB"}
-	if err := e.d.Update(context.Background(), h, &spec); err != nil {
+	if err := e.d.Update(bounded(t), h, &spec); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
 	out, _ = e.run(t, h, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max")
@@ -49,20 +48,20 @@ func TestPauseAndStats(t *testing.T) {
 	e := newEnv(t)
 	h := e.launch(t, "stats", nil)
 	e.waitLog(t, h, "booted as stats")
-	st, err := e.d.Stats(context.Background(), h)
+	st, err := e.d.Stats(bounded(t), h)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Processes < 2 || st.MemoryBytes == 0 || st.CPUTime == 0 {
 		t.Errorf("stats %+v", st)
 	}
-	if err := e.d.Pause(context.Background(), h); err != nil {
+	if err := e.d.Pause(bounded(t), h); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.d.Stats(context.Background(), h); err != nil {
+	if _, err := e.d.Stats(bounded(t), h); err != nil {
 		t.Errorf("stats of a paused container: %v", err)
 	}
-	if err := e.d.Resume(context.Background(), h); err != nil {
+	if err := e.d.Resume(bounded(t), h); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -75,7 +74,7 @@ func TestExec(t *testing.T) {
 			t.Errorf("exit code %d, want %d", code, want)
 		}
 	}
-	ctx := context.Background()
+	ctx := bounded(t)
 	var out, errOut bytes.Buffer
 	code, err := e.d.Exec(ctx, h, ExecRequest{Cmd: []string{"/bin/sh", "-c", "tr a-z A-Z; echo oops >&2; pwd; echo $GREETING"},
 		Stdin: strings.NewReader("from stdin\n"), Stdout: &out, Stderr: &errOut, Cwd: "/etc", Env: []string{"GREETING=hi"}})
@@ -99,7 +98,7 @@ func TestConsole(t *testing.T) {
 	e := newEnv(t)
 	h := e.launch(t, "console", nil)
 	e.waitLog(t, h, "booted as console")
-	con, err := e.d.Console(context.Background(), h)
+	con, err := e.d.Console(bounded(t), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +138,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
+	ctx := bounded(t)
 	if err := d2.Recover(ctx, h); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +164,7 @@ func TestCheckpointRestore(t *testing.T) {
 	e := newEnv(t)
 	needCheckpoint(t, e)
 	h := e.launch(t, "criu", map[string]string{"limits.memory": "96MiB"})
-	ctx := context.Background()
+	ctx := bounded(t)
 	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
 	time.Sleep(500 * time.Millisecond)
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
@@ -222,7 +221,7 @@ func TestPrivilegedToggle(t *testing.T) {
 	if out, _ := e.run(t, h, "cat /proc/self/uid_map"); strings.Fields(out)[1] != "0" {
 		t.Fatalf("privileged uid_map %q", out)
 	}
-	ctx := context.Background()
+	ctx := bounded(t)
 	spec := h.Spec
 	spec.Config = map[string]string{}
 	if err := e.d.Update(ctx, h, &spec); err == nil {
