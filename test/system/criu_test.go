@@ -3,6 +3,7 @@ package system
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -321,4 +322,46 @@ func TestCheckpointCycles(t *testing.T) {
 	}
 	noCRIULeft(t)
 	last.must("delete", "--force", "c1")
+}
+
+// Cancelling a stateful stop whose dump hangs ends it at once: criu is killed, the container runs
+// on as it was, and the operation says cancelled.
+func TestStatefulStopCancelled(t *testing.T) {
+	bin, _ := fakeCRIU(t, -1, true)
+	h := startHost(t, "--accel", "tcg", "--criu", bin, "--criu-timeout", "5m")
+	h.must("image", "build", "busybox")
+	h.must("launch", "busybox", "c1")
+	h.must("exec", "c1", "--", "sh", "-c", ctWorkload)
+	done := make(chan error, 1)
+	go func() {
+		_, errOut, err := h.tandem("stop", "c1", "--stateful")
+		if err != nil {
+			err = fmt.Errorf("%v: %s", err, errOut)
+		}
+		done <- err
+	}()
+	op := waitForRunningOperation(t, h, "c1")
+	time.Sleep(2 * time.Second) // well into the hung dump
+	start := time.Now()
+	h.must("operation", "cancel", op)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "cancel") {
+			t.Fatalf("the cancelled stop: %v", err)
+		}
+		t.Logf("cancelled in %s: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the stop did not end within 30s of its cancel")
+	}
+	var got api.Operation
+	json.Unmarshal([]byte(h.must("operation", "show", op, "--format", "json")), &got)
+	if got.Status != api.OpCancelled {
+		t.Errorf("operation status %q, want %q", got.Status, api.OpCancelled)
+	}
+	assertStatus(t, h, "c1", api.StatusRunning)
+	counterRuns(t, h, "c1")
+	if out, _ := exec.Command("pgrep", "-f", "^"+bin+" ").Output(); len(out) > 0 {
+		t.Errorf("criu still runs after the cancel: %s", out)
+	}
+	h.must("delete", "--force", "c1")
 }

@@ -60,10 +60,10 @@ func (d *Driver) guardDump(ctx context.Context, h *driver.Handle, clean func() e
 		serr := d.settleKilledDump(sctx, h, wasPaused)
 		scancel()
 		if serr != nil {
-			return fmt.Errorf("criu dump of %s was killed, and the container could not be put back as it was: %w (%v)", h.ID, serr, err)
+			return fmt.Errorf("criu dump was killed, and the container could not be put back as it was: %w (%v)", serr, err)
 		}
 		if !hung {
-			return fmt.Errorf("criu dump of %s cancelled (%w): killed it; the container keeps running on this host", h.ID, ctx.Err())
+			return fmt.Errorf("criu dump cancelled (%w): killed it; the container keeps running on this host", ctx.Err())
 		}
 		if try == 2 {
 			return errdefs.Unavailable("criu dump did not finish in %s, twice: killed it; the container keeps running on this host (%v)",
