@@ -78,15 +78,15 @@ func (d *Driver) runningInit(ctx context.Context, h *driver.Handle) (int, *instS
 	if err := checkID(h.ID); err != nil {
 		return 0, nil, err
 	}
-	rs, err := d.runc.State(ctx, h.ID)
-	if err != nil || rs.Status != "running" || rs.Pid == 0 {
+	status, pid := d.observe(h.ID)
+	if status != driver.StatusRunning {
 		return 0, nil, driver.ErrNotRunning
 	}
 	st, err := d.load(h.ID)
 	if err != nil {
 		return 0, nil, err
 	}
-	return rs.Pid, st, nil
+	return pid, st, nil
 }
 
 // inMountNamespace runs fn on a thread that has joined pid's mount namespace (and so its root). The

@@ -20,8 +20,12 @@ import (
 const defaultStopTimeout = 30 * time.Second
 
 // State maps runc's view: running, paused (or pausing) as such; created (a start cut short),
-// stopped and unknown-to-runc as Stopped; no bundle as Gone.
+// stopped and unknown-to-runc as Stopped; no bundle as Gone. It reads files (observe), running
+// no process.
 func (d *Driver) State(ctx context.Context, h *driver.Handle) (driver.Status, error) {
+	if err := checkID(h.ID); err != nil {
+		return "", err
+	}
 	st, err := d.load(h.ID)
 	if err != nil {
 		return "", err
@@ -29,20 +33,8 @@ func (d *Driver) State(ctx context.Context, h *driver.Handle) (driver.Status, er
 	if st == nil {
 		return driver.StatusGone, nil
 	}
-	rs, err := d.runc.State(ctx, h.ID)
-	if errors.Is(err, runc.ErrNotExist) {
-		return driver.StatusStopped, nil
-	}
-	if err != nil {
-		return "", err
-	}
-	switch rs.Status {
-	case runc.StatusRunning:
-		return driver.StatusRunning, nil
-	case runc.StatusPaused, "pausing":
-		return driver.StatusPaused, nil
-	}
-	return driver.StatusStopped, nil
+	status, _ := d.observe(h.ID)
+	return status, nil
 }
 
 // Start boots the container (or restores it, after a stateful stop): the shim runs `runc create`,
@@ -122,15 +114,12 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 	if err != nil {
 		return err
 	}
-	rs, err := d.runc.State(ctx, h.ID)
-	if errors.Is(err, runc.ErrNotExist) || err == nil && (rs.Status == runc.StatusStopped || rs.Status == runc.StatusCreated) {
+	status, pid := d.observe(h.ID)
+	if status == driver.StatusStopped {
 		if err := d.cleanupRuntime(ctx, h.ID); err != nil {
 			return err
 		}
 		return driver.ErrNotRunning
-	}
-	if err != nil {
-		return err
 	}
 	if st.Migration == migLazy {
 		return errdefs.Conflict("container %s is frozen for a lazy migration: commit or abort it", h.ID)
@@ -138,7 +127,7 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 	if opts.Stateful {
 		return d.checkpoint(ctx, h, st, CheckpointOpts{TCPEstablished: true})
 	}
-	if rs.Status != runc.StatusRunning { // a frozen init can neither handle a signal nor die
+	if status != driver.StatusRunning { // a frozen init can neither handle a signal nor die
 		if err := d.runc.Resume(ctx, h.ID); err != nil {
 			return err
 		}
@@ -157,12 +146,12 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 		// signal, as a namespace's PID 1 does with any signal it does not handle.
 		for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
 			if err := d.runc.Kill(ctx, h.ID, strconv.Itoa(int(sig))); err != nil {
-				if waitPidExit(rs.Pid, 0) {
+				if waitPidExit(pid, 0) {
 					break // it ended meanwhile ("container not running")
 				}
 				return err
 			}
-			if waitCtx(ctx, rs.Pid, min(2*time.Second, time.Until(deadline))) {
+			if waitCtx(ctx, pid, min(2*time.Second, time.Until(deadline))) {
 				break
 			}
 			if ctx.Err() != nil {
@@ -170,13 +159,13 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 			}
 		}
 	}
-	if !waitPidExit(rs.Pid, 0) {
+	if !waitPidExit(pid, 0) {
 		progress.Report(ctx, 60, "killing")
-		if err := d.runc.Kill(ctx, h.ID, "KILL"); err != nil && !waitPidExit(rs.Pid, 0) {
+		if err := d.runc.Kill(ctx, h.ID, "KILL"); err != nil && !waitPidExit(pid, 0) {
 			return err
 		}
-		if !waitCtx(ctx, rs.Pid, 10*time.Second) {
-			return fmt.Errorf("container %s: init (pid %d) did not die after SIGKILL", h.ID, rs.Pid)
+		if !waitCtx(ctx, pid, 10*time.Second) {
+			return fmt.Errorf("container %s: init (pid %d) did not die after SIGKILL", h.ID, pid)
 		}
 	}
 	return d.cleanupRuntime(ctx, h.ID)
