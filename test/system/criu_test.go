@@ -280,9 +280,13 @@ func TestCheckpointCycles(t *testing.T) {
 	}
 	var worst time.Duration
 	for i := 0; i < cycles; i++ {
-		time.Sleep(300 * time.Millisecond)
 		worst = max(worst, timedMust(a, time.Minute, "stop", "c1", "--stateful"))
 		worst = max(worst, timedMust(a, time.Minute, "start", "c1"))
+		// The connection carries on after each restore (and the client's retransmission timer is
+		// back to normal before the next freeze: freezes back to back would double it each time).
+		if err := echo.WaitEcho(30 * time.Second); err != nil {
+			t.Fatalf("cycle %d: the connection does not echo after the restore: %v", i+1, err)
+		}
 	}
 	t.Logf("%d stateful stop/start cycles, slowest call %s", cycles, worst.Round(time.Millisecond))
 	// One console log across the cycles: a boot instead of a restore would start again at 1.
@@ -304,6 +308,9 @@ func TestCheckpointCycles(t *testing.T) {
 		tap := tapConsole(t, from, "c1")
 		time.Sleep(300 * time.Millisecond)
 		worst = max(worst, timedMust(from, 2*time.Minute, "move", "c1", "--target", hostName((i+1)%2), "--live"))
+		if err := echo.WaitEcho(30 * time.Second); err != nil {
+			t.Fatalf("move %d: the connection does not echo after the move: %v", i+1, err)
+		}
 		if i == moves-1 {
 			checkContinues(t, to, "c1", ctCountRE, numbers(ctCountRE, tap.String()))
 		}
