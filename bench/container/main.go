@@ -35,12 +35,13 @@ func main() {
 	n := flag.Int("n", 10, "containers of each kind, launched one after another, then all running at once")
 	settle := flag.Duration("settle", 3*time.Second, "how long all containers run before memory is read")
 	timeout := flag.Duration("timeout", 10*time.Minute, "bound on the whole run; cleanup gets its own 2 minutes")
+	stopped := flag.Int("stopped", 50, "stopped tandem containers added for the list timing")
 	flag.Parse()
 	if *n < 1 {
 		fmt.Fprintln(os.Stderr, "bench/container: -n must be at least 1")
 		os.Exit(2)
 	}
-	benchkit.Main("bench/container", *timeout, skipReason, func(ctx context.Context) error { return run(ctx, *n, *settle) })
+	benchkit.Main("bench/container", *timeout, skipReason, func(ctx context.Context) error { return run(ctx, *n, *settle, *stopped) })
 }
 
 // skipReason says why this host cannot run the benchmark, or "".
@@ -56,7 +57,7 @@ func skipReason() string {
 	return ""
 }
 
-func run(ctx context.Context, n int, settle time.Duration) (err error) {
+func run(ctx context.Context, n int, settle time.Duration, stopped int) (err error) {
 	work, done, err := benchkit.WorkDir("bench/container", "tbc")
 	if err != nil {
 		return err
@@ -130,7 +131,7 @@ func run(ctx context.Context, n int, settle time.Duration) (err error) {
 		mib(daemonBefore), mib(after), n, float64(after-daemonBefore)/float64(n)/(1<<20))
 	fmt.Printf("lxcfs (one per host, shared by all tandem daemons) RSS %s;\n", mib(lxcfsRSS(procs)))
 	fmt.Printf("runc processes left alive: %d next to tandem's shims, %d for plain runc's containers\n", t.leftovers, r.leftovers)
-	return nil
+	return benchList(ctx, t, r, n, stopped)
 }
 
 // printTable prints median and p90 of each figure for both, and their ratio.
