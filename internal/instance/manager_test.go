@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -214,4 +215,30 @@ func startsOf(t *testing.T, h *harness, name string) int {
 		t.Fatal(err)
 	}
 	return h.drv.Starts(rec.Handle)
+}
+
+// A stateful stop the driver cannot do is refused up front (it used to be a silent plain stop,
+// losing the state the caller asked to keep); the instance keeps running.
+func TestStatefulStopRefusedWithoutCheckpoint(t *testing.T) {
+	h := newHarness(t, t.TempDir(), 0)
+	ctx := context.Background()
+	for _, tc := range []struct{ kind, want string }{
+		{api.TypeVM, "stateful stop of VMs is not supported yet"},
+		{api.TypeContainer, "stateful stop of container instances is not possible on this host"},
+	} {
+		name := "i-" + tc.kind
+		op := h.wait(h.m.Create(ctx, api.InstancesPost{Name: name, Image: "busybox", Type: tc.kind, Start: true}))
+		if op.Status != api.OpSuccess {
+			t.Fatalf("launch %s: %+v", name, op)
+		}
+		for _, action := range []string{api.ActionStop, api.ActionRestart} {
+			_, err := h.m.ChangeState(ctx, name, api.InstanceStatePut{Action: action, Stateful: true})
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("%s --stateful of a %s: %v, want an invalid-argument error saying %q", action, tc.kind, err, tc.want)
+			}
+		}
+		if got, err := h.m.Get(ctx, name); err != nil || got.Status != api.StatusRunning {
+			t.Fatalf("%s after the refused stateful stop: %+v %v", name, got, err)
+		}
+	}
 }

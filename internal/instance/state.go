@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"tandem/api"
@@ -61,6 +62,11 @@ func (m *Manager) ChangeState(ctx context.Context, name string, req api.Instance
 				return errdefs.Invalid("%s instances cannot be paused", rec.Type)
 			}
 		}
+		if req.Stateful && (req.Action == api.ActionStop || req.Action == api.ActionRestart) {
+			if err := canStopStateful(ctx, rec.Type, drv); err != nil {
+				return err
+			}
+		}
 		st, err := drv.State(ctx, rec.Handle)
 		if err != nil {
 			return fmt.Errorf("query state of %q: %w", name, err)
@@ -76,6 +82,23 @@ func (m *Manager) ChangeState(ctx context.Context, name string, req api.Instance
 	return m.runLocked(name, desc, check, func(ctx context.Context, op *operations.Op) error {
 		return run(ctx)
 	})
+}
+
+// canStopStateful refuses a stateful stop the driver cannot do, rather than doing a plain stop
+// that loses the running state the caller asked to keep.
+func canStopStateful(ctx context.Context, kind string, drv driver.Driver) error {
+	info := drv.Info(ctx)
+	if slices.Contains(info.Capabilities, driver.CapCheckpoint) {
+		return nil
+	}
+	if kind == api.TypeVM {
+		return errdefs.Invalid("stateful stop of VMs is not supported yet")
+	}
+	reason := "no checkpoint support"
+	if info.Reason != "" {
+		reason = info.Reason
+	}
+	return errdefs.Invalid("stateful stop of %s instances is not possible on this host: %s", kind, reason)
 }
 
 func actionVerb(action string) string {
