@@ -53,7 +53,8 @@ func TestContainerInitDiesAtStart(t *testing.T) {
 func TestDebianContainerBoots(t *testing.T) {
 	requireRealDrivers(t)
 	requireDebianMirror(t)
-	h := startHost(t, "--accel", "tcg", "--default-network=false")
+	// In the host's network namespace: debootstrap needs the mirror (startHost's namespace has no route out).
+	h := startDaemon(t, "--accel", "tcg", "--default-network=false")
 	if out, errOut, err := h.tandemWithin(20*time.Minute, "image", "build", "debian"); err != nil {
 		t.Fatalf("image build debian: %v\n%s%s", err, out, errOut)
 	}
