@@ -3,6 +3,7 @@ package system
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -149,4 +150,41 @@ func (d *daemonHarness) tandemWithin(limit time.Duration, args ...string) (stdou
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err = cmd.Run()
 	return out.String(), errOut.String(), err
+}
+
+// A NIC a VM booted with can be removed live on q35 (it sits on a root port of its own, not on
+// pcie.0, which cannot hot-unplug) and on pc; a microvm refuses clearly and keeps it.
+func TestVMBootNICHotRemoved(t *testing.T) {
+	requireRealDrivers(t)
+	h := startHost(t, "--accel", "tcg")
+	h.must("image", "build", "busybox")
+	for _, machine := range []string{"q35", "pc", "microvm"} {
+		name := "v-" + machine
+		h.must("launch", "busybox", name, "--vm", "-c", "vm.machine="+machine, "-c", "limits.memory=192MiB")
+		waitAgent(t, h, name)
+		if out, _, err := h.tandem("exec", name, "--", "ls", "/sys/class/net"); err != nil || !strings.Contains(out, "eth0") {
+			t.Fatalf("%s booted without eth0: %q %v", name, out, err)
+		}
+		out, errOut, err := h.tandem("config", "device", "remove", name, "eth0")
+		if machine == "microvm" {
+			if err == nil || !strings.Contains(errOut, "microvm") || !strings.Contains(errOut, "hotplug") {
+				t.Fatalf("removing a microvm's NIC live: %v %s%s", err, out, errOut)
+			}
+			if out, _, _ := h.tandem("exec", name, "--", "ls", "/sys/class/net"); !strings.Contains(out, "eth0") {
+				t.Fatalf("the refused removal took eth0 from %s: %q", name, out)
+			}
+		} else {
+			if err != nil {
+				t.Fatalf("removing %s's boot NIC live: %v %s%s", name, err, out, errOut)
+			}
+			if out, _, _ := h.tandem("exec", name, "--", "ls", "/sys/class/net"); strings.Contains(out, "eth0") {
+				t.Fatalf("eth0 still in %s after its removal: %q", name, out)
+			}
+			var inst api.Instance
+			if err := json.Unmarshal([]byte(h.must("info", name, "--format", "json")), &inst); err != nil || len(inst.NICs) != 0 {
+				t.Fatalf("%s still lists NICs %+v (%v)", name, inst.NICs, err)
+			}
+		}
+		h.must("delete", "--force", name)
+	}
 }
