@@ -60,4 +60,7 @@ type DriverInfo struct {
 	Available    bool     `json:"available" yaml:"available"`
 	Reason       string   `json:"reason,omitempty" yaml:"reason,omitempty"`
 	Capabilities []string `json:"capabilities,omitempty" yaml:"capabilities,omitempty"`
+	// Missing are capabilities the driver lacks on this host, with why (checkpoint: "unavailable
+	// (criu dump did not finish …)" or "being probed").
+	Missing map[string]string `json:"missing,omitempty" yaml:"missing,omitempty"`
 }

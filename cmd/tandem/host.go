@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -77,6 +78,11 @@ func printHost(w io.Writer, h *api.Host) {
 			fmt.Fprintf(w, "  %s (%s) %s: %s\n", d.Name, d.Type, d.Version, state)
 			if len(d.Capabilities) > 0 {
 				fmt.Fprintf(w, "    capabilities: %s\n", strings.Join(d.Capabilities, ", "))
+			}
+			if why, ok := d.Missing["checkpoint"]; ok {
+				fmt.Fprintf(w, "    checkpoint: %s\n", why)
+			} else if slices.Contains(d.Capabilities, "checkpoint") {
+				fmt.Fprintln(w, "    checkpoint: available")
 			}
 		}
 	}

@@ -28,6 +28,8 @@ func main() {
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "VM accelerator: auto (KVM when usable), kvm or tcg")
 	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this unprivileged user (default: as root)")
+	flag.StringVar(&cfg.CRIU, "criu", "", "the criu binary for checkpoints and live container moves (default: criu in PATH or /usr/local/sbin)")
+	flag.DurationVar(&cfg.CRIUTimeout, "criu-timeout", 0, "base deadline of one CRIU dump or restore, plus 1s per 100 MiB of the container's memory (default 20s)")
 	idBase := flag.Uint("idmap-base", 1000000, "first host uid/gid of the ranges given to unprivileged containers")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()

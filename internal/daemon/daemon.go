@@ -51,6 +51,10 @@ type Config struct {
 	VMUser string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
+	// CRIU is the criu binary ("" finds it); CRIUTimeout the base deadline of one dump or
+	// restore (0: the driver's default, 20 s, plus 1 s per 100 MiB of the container's memory).
+	CRIU        string
+	CRIUTimeout time.Duration
 }
 
 // SocketPath is where the API's unix socket lives in a daemon dir.

@@ -32,6 +32,8 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			IDFirst:        cfg.IDMapBase,
 			CgroupParent:   cgroupParent(cfg.Dir),
 			PrepareNetwork: plugVeths(networks),
+			CRIU:           cfg.CRIU,
+			CRIUTimeout:    cfg.CRIUTimeout,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("container driver: %w", err)

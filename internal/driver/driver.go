@@ -40,6 +40,9 @@ type Info struct {
 	Available    bool
 	Reason       string // why it is not available
 	Capabilities []string
+	// Missing are capabilities the driver has elsewhere but not on this host, with why (e.g.
+	// checkpoint, where CRIU cannot dump).
+	Missing map[string]string
 }
 
 // Spec is what a driver needs to create an instance.

@@ -29,7 +29,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	if o.live {
 		f := cd.MigrationFeatures(ctx)
 		if !f.CRIU {
-			return fmt.Errorf("this host cannot checkpoint a running container: CRIU is missing")
+			return errdefs.Unavailable("this host cannot checkpoint a running container: %s", f.NoCRIU)
 		}
 		// Pre-dump would shorten the freeze of a container with much memory: say why it did not
 		// run. Lazy pages get a line of their own below.

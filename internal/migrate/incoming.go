@@ -149,7 +149,7 @@ func (e *Engine) receive(ctx context.Context, c *incoming) (*api.MigrationInfo, 
 		}
 		f := cd.MigrationFeatures(ctx)
 		if c.post.Live && !f.CRIU {
-			return nil, errdefs.Unavailable("this host cannot restore a running container: %v", f.Notes)
+			return nil, errdefs.Unavailable("this host cannot restore a running container: %s", f.NoCRIU)
 		}
 		if f.PreDump {
 			info.Modes = append(info.Modes, "predump")

@@ -281,7 +281,7 @@ func (s *Server) driverInfo(ctx context.Context) []api.DriverInfo {
 		d, _ := s.Drivers.ByName(name)
 		info := d.Info(ctx)
 		out = append(out, api.DriverInfo{Name: name, Type: strings.Join(types[name], ","), Version: info.Version,
-			Available: info.Available, Reason: info.Reason, Capabilities: info.Capabilities})
+			Available: info.Available, Reason: info.Reason, Capabilities: info.Capabilities, Missing: info.Missing})
 	}
 	return out
 }

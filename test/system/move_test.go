@@ -45,6 +45,12 @@ func hostName(i int) string { return fmt.Sprintf("host-%c", 'a'+i) }
 
 func newLab(t *testing.T, n int) *lab {
 	t.Helper()
+	return newLabWith(t, n, nil)
+}
+
+// newLabWith is newLab with extra tandemd flags for host i (hostFlags may be nil).
+func newLabWith(t *testing.T, n int, hostFlags func(i int) []string) *lab {
+	t.Helper()
 	requireRealDrivers(t)
 	if _, err := exec.LookPath("rsync"); err != nil {
 		t.Skip("rsync is not installed (scripts/setup.sh installs it)")
@@ -65,13 +71,17 @@ func newLab(t *testing.T, n int) *lab {
 	for i := 0; i < n; i++ {
 		mg, lk := fmt.Sprintf("m%s%d", id, i), fmt.Sprintf("l%s%d", id, i)
 		addr := fmt.Sprintf("198.18.%d.%d", n3, i+1)
+		flags := []string{"--accel", "tcg", "--listen", addr + ":8443"}
+		if hostFlags != nil {
+			flags = append(flags, hostFlags(i)...)
+		}
 		h := startHostWith(t, func(ns string) {
 			mustRun(t, "ip", "link", "add", mg, "type", "veth", "peer", "name", mg+"p")
 			mustRun(t, "ip", "link", "set", mg, "netns", ns)
 			mustRun(t, "ip", "link", "set", mg+"p", "master", mgBr, "up")
 			mustRun(t, "ip", "-n", ns, "addr", "add", addr+"/24", "dev", mg)
 			mustRun(t, "ip", "-n", ns, "link", "set", mg, "up")
-		}, "--accel", "tcg", "--listen", addr+":8443")
+		}, flags...)
 		// The host's "lab" network is bridged to the segment through its uplink.
 		mustRun(t, "ip", "link", "add", lk, "type", "veth", "peer", "name", lk+"p")
 		mustRun(t, "ip", "link", "set", lk, "netns", h.netns)

@@ -173,7 +173,9 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 
 // MigrationFeatures says which migration modes this host offers.
 type MigrationFeatures struct {
-	CRIU bool
+	// CRIU: this host can checkpoint and restore running containers; if not, NoCRIU says why.
+	CRIU   bool
+	NoCRIU string
 	// PreDump: iterative pre-copy (needs soft-dirty page tracking, CONFIG_MEM_SOFT_DIRTY).
 	PreDump bool
 	// LazyPages: post-copy restore through userfaultfd.
@@ -201,8 +203,8 @@ var (
 // MigrationFeatures probes CRIU (once per process) and the host's settings (each time: an
 // administrator may change them).
 func (d *Driver) MigrationFeatures(ctx context.Context) MigrationFeatures {
-	if d.criuPath == "" {
-		return MigrationFeatures{Notes: []string{"CRIU is not installed"}}
+	if err := d.checkpointRefusal(ctx); err != nil {
+		return MigrationFeatures{NoCRIU: err.Error(), Notes: []string{err.Error()}}
 	}
 	criuFeaturesOnce.Do(func() {
 		check := func(f string) bool {

@@ -58,6 +58,9 @@ func (d *Driver) checkpoint(ctx context.Context, h *driver.Handle, st *instState
 	if d.criuPath == "" {
 		return errdefs.Unavailable("checkpoint needs CRIU, which is not installed")
 	}
+	if err := d.checkpointRefusal(ctx); err != nil {
+		return err
+	}
 	p := d.paths(h.ID)
 	if err := os.RemoveAll(p.checkpoint); err != nil {
 		return err
@@ -96,14 +99,15 @@ type dumpMeta struct {
 // with the driver's metadata next to the images, and makes the images restorable (see
 // prepareImages).
 func (d *Driver) dumpImages(ctx context.Context, h *driver.Handle, st *instState, o runc.CheckpointOpts) error {
-	return d.dumpImagesWith(ctx, h, st, o, func(o runc.CheckpointOpts) error {
+	return d.dumpImagesWith(ctx, h, st, o, func(ctx context.Context, o runc.CheckpointOpts) error {
 		return d.runc.Checkpoint(ctx, h.ID, o)
 	})
 }
 
-// dumpImagesWith is dumpImages with run running runc with the final options. A lazy dump's run
+// dumpImagesWith is dumpImages with run running runc with the final options, under the CRIU
+// deadline (guardDump): run must kill runc and criu when its ctx ends. A lazy dump's run
 // returns once the page server is ready: the images but memory are written then.
-func (d *Driver) dumpImagesWith(ctx context.Context, h *driver.Handle, st *instState, o runc.CheckpointOpts, run func(o runc.CheckpointOpts) error) error {
+func (d *Driver) dumpImagesWith(ctx context.Context, h *driver.Handle, st *instState, o runc.CheckpointOpts, run func(ctx context.Context, o runc.CheckpointOpts) error) error {
 	p := d.paths(h.ID)
 	meta := dumpMeta{ID: h.ID, IDs: st.IDs, TCP: o.TCPEstablished, Lazy: o.LazyPages, LXCFS: configUsesLXCFS(p.config), At: time.Now().UTC()}
 	if isNetns(p.netns) {
@@ -124,8 +128,12 @@ func (d *Driver) dumpImagesWith(ctx context.Context, h *driver.Handle, st *instS
 		return err
 	}
 	o.WorkPath, o.FileLocks = p.criuWork, true
-	if err := run(o); err != nil {
-		return fmt.Errorf("checkpoint %s: %w%s", h.ID, err, criuErrors(filepath.Join(p.criuWork, "dump.log")))
+	err := d.guardDump(ctx, h, func() error { return clearDumpDir(o.ImagePath) }, func(ctx context.Context, noBreakpoints bool) error {
+		o.NoBreakpoints = noBreakpoints
+		return run(ctx, o)
+	})
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w%s", h.ID, err, criuLogSummary(filepath.Join(p.criuWork, "dump.log")))
 	}
 	return finishImages(o.ImagePath, st)
 }
@@ -232,10 +240,20 @@ func (d *Driver) restoreFrom(ctx context.Context, h *driver.Handle, st *instStat
 	argv := d.runc.RestoreArgs(h.ID, p.bundle, p.initPid, p.consoleSock, runc.CheckpointOpts{
 		ImagePath: dir, WorkPath: p.criuWork, TCPEstablished: meta.TCP, FileLocks: true, LazyPages: lazy != nil,
 	})
-	pid, err := d.startShim(ctx, h, p, argv)
+	// Under the CRIU deadline: startShim kills the shim with runc and criu when it passes, and
+	// the caller's cleanup sweeps whatever was restored.
+	timeout := d.criuTimeout(dirSize(dir))
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	pid, err := d.startShim(rctx, h, p, argv)
+	hung := errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
+	cancel()
 	ran, herr := hook.close(p)
 	uerr := hook.unlock()
 	if err != nil {
+		if hung {
+			return errdefs.Unavailable("restore %s: criu restore did not finish in %s: killed it%s", h.ID, timeout.Round(time.Second),
+				criuLastLine(filepath.Join(p.criuWork, "restore.log")))
+		}
 		if herr != nil {
 			return fmt.Errorf("restore %s: %w", h.ID, herr)
 		}

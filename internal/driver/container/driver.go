@@ -54,6 +54,9 @@ type Options struct {
 	IDFirst, IDSize uint32
 	// ConsoleLogMax caps console.log before it rotates to console.log.1 (default 1 MiB).
 	ConsoleLogMax int64
+	// CRIUTimeout is the base deadline of one CRIU dump or restore (default 20 s); a second per
+	// 100 MiB of the container's memory is added. A dump past it is killed (criuguard.go).
+	CRIUTimeout time.Duration
 	// PrepareNetwork, if set, is called once the container's network namespace exists
 	// (bind-mounted at netnsPath), to plug its interfaces in (a veth per NIC, with the NIC's
 	// name and MAC): on a boot before init runs; on a restore (Start after a stateful stop,
@@ -74,6 +77,9 @@ type Driver struct {
 	lxcfsMu         sync.Mutex
 	// lazyDumps are the lazy migration dumps in flight (*lazyDump by container id).
 	lazyDumps sync.Map
+	// probe is whether this host can checkpoint (criuprobe.go), set once probeDone is closed.
+	probe     CheckpointSupport
+	probeDone chan struct{}
 }
 
 var (
@@ -120,6 +126,9 @@ func New(opts Options) (*Driver, error) {
 	if opts.ConsoleLogMax == 0 {
 		opts.ConsoleLogMax = 1 << 20
 	}
+	if opts.CRIUTimeout <= 0 {
+		opts.CRIUTimeout = defaultCRIUTimeout
+	}
 	for _, dir := range []string{opts.Dir, opts.RunDir, filepath.Join(opts.RunDir, "runc")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
@@ -135,12 +144,13 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{opts: opts, ids: ids}
-	d.probe()
+	d.probeHost()
+	d.startCheckpointProbe()
 	return d, nil
 }
 
 // probe finds runc and criu and reads runc's version.
-func (d *Driver) probe() {
+func (d *Driver) probeHost() {
 	path, err := exec.LookPath(d.opts.Runc)
 	if err != nil {
 		d.reason = fmt.Sprintf("runc not found: %v", err)
@@ -203,13 +213,18 @@ func findCRIU(want string) string {
 	return ""
 }
 
-// Info reports the driver and its capabilities; checkpoint needs CRIU.
+// Info reports the driver and its capabilities; checkpoint needs CRIU and a host where it works.
 func (d *Driver) Info(ctx context.Context) driver.Info {
-	caps := []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats}
-	if d.criuPath != "" {
-		caps = append(caps, driver.CapCheckpoint, driver.CapMigrate)
+	caps := []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats, driver.CapMigrate}
+	info := driver.Info{Name: Name, Version: d.version, Available: d.reason == "", Reason: d.reason}
+	// Cold moves need no CRIU; stateful stops and live moves need the probe's yes.
+	if s := d.checkpointSupportNow(); s.Known && s.Available {
+		caps = append(caps, driver.CapCheckpoint)
+	} else {
+		info.Missing = map[string]string{driver.CapCheckpoint: s.String()}
 	}
-	return driver.Info{Name: Name, Version: d.version, Available: d.reason == "", Reason: d.reason, Capabilities: caps}
+	info.Capabilities = caps
+	return info
 }
 
 // instState is what the driver persists per container, in <Dir>/<id>/state.json and mirrored in

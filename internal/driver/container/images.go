@@ -85,3 +85,25 @@ func criuErrors(logPath string) string {
 	}
 	return " (criu: " + strings.Join(msgs, "; ") + ")"
 }
+
+// criuLastLine is the last line of a CRIU log, where a hung CRIU stopped (" (criu log ends:
+// …)"), or "".
+func criuLastLine(logPath string) string {
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if last := strings.TrimSpace(lines[len(lines)-1]); last != "" {
+		return " (criu log ends: " + last + ")"
+	}
+	return ""
+}
+
+// criuLogSummary is criuErrors, or the log's last line when CRIU logged no error (it hung).
+func criuLogSummary(logPath string) string {
+	if s := criuErrors(logPath); s != "" {
+		return s
+	}
+	return criuLastLine(logPath)
+}

@@ -59,39 +59,41 @@ func (d *Driver) dumpLazy(ctx context.Context, h *driver.Handle, st *instState, 
 	if err := fsutil.WriteFileAtomic(p.criuConf, []byte(conf), 0o600); err != nil {
 		return DumpStats{}, err
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return DumpStats{}, err
-	}
-	defer r.Close()
 	st.Migration = migLazy
 	if err := d.save(h, st); err != nil {
-		w.Close()
 		return DumpStats{}, err
 	}
 	stats := DumpStats{Started: time.Now(), Lazy: true}
-	ld := &lazyDump{done: make(chan struct{})}
-	var stderr bytes.Buffer
+	ld := &lazyDump{}
 	err = d.dumpImagesWith(ctx, h, st, runc.CheckpointOpts{ImagePath: o.Dir, TCPEstablished: o.TCPEstablished, LazyPages: true,
-		PageServer: "127.0.0.1:" + strconv.Itoa(port), StatusFD: 3}, func(o runc.CheckpointOpts) error {
+		PageServer: "127.0.0.1:" + strconv.Itoa(port), StatusFD: 3}, func(ctx context.Context, o runc.CheckpointOpts) error {
+		// A pipe and a done channel per try: a retry after a hang starts afresh.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		done := make(chan struct{})
+		var stderr bytes.Buffer
 		argv := d.runc.Argv(d.runc.CheckpointArgs(h.ID, o)...)
-		ld.cmd = exec.Command(argv[0], argv[1:]...)
+		ld.cmd, ld.done = exec.Command(argv[0], argv[1:]...), done
 		ld.cmd.ExtraFiles = []*os.File{w}
 		ld.cmd.Stderr = &stderr
-		ld.cmd.Env = shimEnv()
+		ld.cmd.Env = append(shimEnv(), runc.CheckpointEnv(o)...)
 		ld.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		err := ld.cmd.Start()
+		err = ld.cmd.Start()
 		w.Close()
 		if err != nil {
 			return err
 		}
+		cmd := ld.cmd
 		go func() {
-			err := ld.cmd.Wait()
+			err := cmd.Wait()
 			if err != nil {
 				err = runc.Error("checkpoint", stderr.Bytes(), err)
 			}
 			ld.err = err
-			close(ld.done)
+			close(done)
 		}()
 		// A NUL byte when the page server listens; end-of-file if runc gives up.
 		got := make(chan error, 1)
@@ -105,11 +107,11 @@ func (d *Driver) dumpLazy(ctx context.Context, h *driver.Handle, st *instState, 
 			if err == nil {
 				return nil
 			}
-			<-ld.done
+			<-done
 			return ld.err
 		case <-ctx.Done():
-			syscall.Kill(-ld.cmd.Process.Pid, syscall.SIGKILL) // CRIU resumes nothing then: thaw below
-			<-ld.done
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // runc and criu: the guard thaws
+			<-done
 			return ctx.Err()
 		}
 	})
@@ -144,7 +146,7 @@ func (d *Driver) lazyFailed(ctx context.Context, h *driver.Handle, st *instState
 	}
 	if p := d.paths(h.ID); isNetns(p.netns) {
 		// A CRIU that failed after locking leaves the lock (netlock.go); none is a no-op.
-		if uerr := unlockAfterLazyAbort(ctx, p.netns); uerr != nil {
+		if uerr := unlockNetnsAfterCRIU(ctx, p.netns); uerr != nil {
 			slog.Error("resume after a failed lazy dump", "container", h.ID, "err", uerr)
 		}
 	}
@@ -234,7 +236,7 @@ func (d *Driver) recoverLazy(ctx context.Context, h *driver.Handle, st *instStat
 	}
 	if status == driver.StatusRunning || status == driver.StatusPaused {
 		if p := d.paths(h.ID); isNetns(p.netns) {
-			if err := unlockAfterLazyAbort(ctx, p.netns); err != nil {
+			if err := unlockNetnsAfterCRIU(ctx, p.netns); err != nil {
 				slog.Error("resume after a lazy dump", "container", h.ID, "err", err)
 			}
 			// The destination may have run it for a while, and announced it there.

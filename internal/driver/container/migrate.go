@@ -131,6 +131,9 @@ func (d *Driver) Dump(ctx context.Context, h *driver.Handle, o DumpOpts) (DumpSt
 	if d.criuPath == "" {
 		return DumpStats{}, errdefs.Unavailable("migration needs CRIU, which is not installed")
 	}
+	if err := d.checkpointRefusal(ctx); err != nil {
+		return DumpStats{}, err
+	}
 	if status, err := d.State(ctx, h); err != nil {
 		return DumpStats{}, err
 	} else if status != driver.StatusRunning && status != driver.StatusPaused {

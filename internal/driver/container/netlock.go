@@ -28,7 +28,7 @@ import (
 // EINVAL and the application drops the connection. So once a lazy dump's images are written
 // (tasks frozen, the namespace still locked by CRIU's table), the driver takes the sockets out
 // of repair mode itself (repairOffNetns); whatever then happens to the tasks is dropped by the
-// table: on commit they die, on abort they run on and unlockAfterLazyAbort deletes the table.
+// table: on commit they die, on abort they run on and unlockNetnsAfterCRIU deletes the table.
 
 // restoreLockTable is the driver's own lock, in the inet family (IPv4 and IPv6). CRIU's restore
 // traffic carries SOCCR_MARK (0xC114) and passes, as in CRIU's own lock.
@@ -120,10 +120,10 @@ func repairOffNetns(netns string) error {
 	return nil
 }
 
-// unlockAfterLazyAbort makes sure no socket in the namespace at netns is left in repair mode
+// unlockNetnsAfterCRIU makes sure no socket in the namespace at netns is left in repair mode
 // (turning it off sends a window probe: the peer retransmits at once) and deletes CRIU's lock
-// tables.
-func unlockAfterLazyAbort(ctx context.Context, netns string) error {
+// tables: after a lazy dump's abort, and after a dump whose criu was killed.
+func unlockNetnsAfterCRIU(ctx context.Context, netns string) error {
 	var errs []string
 	if err := repairOffNetns(netns); err != nil {
 		errs = append(errs, err.Error())
@@ -140,7 +140,7 @@ func unlockAfterLazyAbort(ctx context.Context, netns string) error {
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("unlock the network after a lazy dump: %s", strings.Join(errs, "; "))
+		return fmt.Errorf("unlock the network after CRIU: %s", strings.Join(errs, "; "))
 	}
 	return nil
 }

@@ -29,7 +29,14 @@ type CheckpointOpts struct {
 	// StatusFD (checkpoint, lazy) is runc's descriptor on which a NUL byte says the page server
 	// is ready; 0 is none.
 	StatusFD int
+	// NoBreakpoints (checkpoint) has CRIU stop its parasite without hardware breakpoints
+	// (compel's PTRACE_SYSCALL path, through CRIU's fault injection 130): the way out of a dump
+	// that hung waiting for a breakpoint that never trapped.
+	NoBreakpoints bool
 }
+
+// criuNoBreakpoints is CRIU's fault-injection code FI_NO_BREAKPOINTS.
+const criuNoBreakpoints = "CRIU_FAULT=130"
 
 func (o CheckpointOpts) args() []string {
 	var a []string
@@ -72,10 +79,19 @@ func (r *Runc) CheckpointArgs(id string, o CheckpointOpts) []string {
 	return append(args, id)
 }
 
-// Checkpoint dumps a running container with CRIU; unless LeaveRunning, it stops it.
+// Checkpoint dumps a running container with CRIU; unless LeaveRunning, it stops it. The end of
+// ctx kills runc and the criu it runs (see runEnv).
 func (r *Runc) Checkpoint(ctx context.Context, id string, o CheckpointOpts) error {
-	_, err := r.run(ctx, nil, r.CheckpointArgs(id, o)...)
+	_, err := r.runEnv(ctx, nil, CheckpointEnv(o), r.CheckpointArgs(id, o)...)
 	return err
+}
+
+// CheckpointEnv is the environment a checkpoint command line started by the caller needs for o.
+func CheckpointEnv(o CheckpointOpts) []string {
+	if o.NoBreakpoints {
+		return []string{criuNoBreakpoints}
+	}
+	return nil
 }
 
 // RestoreArgs is the command line that restores a container from a checkpoint, detached (its

@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -62,10 +64,23 @@ func (r *Runc) Command(ctx context.Context, args ...string) *exec.Cmd {
 
 // run runs runc to completion and returns its stdout; a failure carries runc's error messages.
 func (r *Runc) run(ctx context.Context, stdin io.Reader, args ...string) ([]byte, error) {
+	return r.runEnv(ctx, stdin, nil, args...)
+}
+
+// runEnv is run with extra environment variables (runc passes its environment on to criu).
+// runc runs in a process group of its own, and the end of ctx kills the whole group: a criu
+// that runc started (checkpoint, restore) hangs with its tasks seized, and killing runc alone
+// would leave it there, still tracing them.
+func (r *Runc) runEnv(ctx context.Context, stdin io.Reader, env []string, args ...string) ([]byte, error) {
 	cmd := r.Command(ctx, args...)
 	var out, errOut bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errOut
-	// runc's error exit leaves nothing running, but a hung runc must not outlive ctx forever.
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// The group is dead once Cancel ran; this only bounds the wait for its output pipes.
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Run(); err != nil {
 		return out.Bytes(), Error(args[0], errOut.Bytes(), err)
