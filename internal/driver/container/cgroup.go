@@ -42,15 +42,6 @@ func sweepCgroup(cgroupPath string) error {
 	return nil
 }
 
-// cgroupDirs lists a cgroup's directories: one per v1 hierarchy, and the v2 one (hybrid or unified).
-func cgroupDirs(cgroupPath string) []string {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + cgroupPath)
-	if fi, err := os.Stat("/sys/fs/cgroup" + cgroupPath); err == nil && fi.IsDir() {
-		dirs = append(dirs, "/sys/fs/cgroup"+cgroupPath)
-	}
-	return dirs
-}
-
 // cgroupPids lists the processes in the cgroups dirs and their descendants.
 func cgroupPids(dirs []string) []int {
 	seen := map[int]bool{}
