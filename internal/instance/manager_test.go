@@ -224,7 +224,7 @@ func TestStatefulStopRefusedWithoutCheckpoint(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct{ kind, want string }{
 		{api.TypeVM, "stateful stop of VMs is not supported yet"},
-		{api.TypeContainer, "stateful stop of container instances is not possible on this host"},
+		{api.TypeContainer, "stateful stop of container instances is not supported by the fake driver"},
 	} {
 		name := "i-" + tc.kind
 		op := h.wait(h.m.Create(ctx, api.InstancesPost{Name: name, Image: "busybox", Type: tc.kind, Start: true}))
@@ -240,5 +240,28 @@ func TestStatefulStopRefusedWithoutCheckpoint(t *testing.T) {
 		if got, err := h.m.Get(ctx, name); err != nil || got.Status != api.StatusRunning {
 			t.Fatalf("%s after the refused stateful stop: %+v %v", name, got, err)
 		}
+	}
+}
+
+// probingDriver is a driver whose checkpoint is missing on this host for now (a probe running or
+// failed): it answers a stateful stop itself, with its reason, so the control plane lets it through.
+type probingDriver struct{ *fake.Driver }
+
+func (d probingDriver) Info(ctx context.Context) driver.Info {
+	info := d.Driver.Info(ctx)
+	info.Missing = map[string]string{driver.CapCheckpoint: "being probed"}
+	return info
+}
+
+func TestStatefulStopLeftToDriverWithMissingCheckpoint(t *testing.T) {
+	h := newHarness(t, t.TempDir(), 0)
+	ctx := context.Background()
+	h.launch("c1")
+	rec, _, err := h.m.recordAndDriver("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := canStopStateful(ctx, rec.Type, probingDriver{h.drv}); err != nil {
+		t.Fatalf("a driver that has checkpoint elsewhere was refused up front: %v", err)
 	}
 }

@@ -84,21 +84,18 @@ func (m *Manager) ChangeState(ctx context.Context, name string, req api.Instance
 	})
 }
 
-// canStopStateful refuses a stateful stop the driver cannot do, rather than doing a plain stop
-// that loses the running state the caller asked to keep.
+// canStopStateful refuses a stateful stop of a driver that has no checkpoint at all, rather than
+// doing a plain stop that loses the running state the caller asked to keep. A driver that has it
+// elsewhere but not (or not yet) here (Info.Missing) answers for itself, with its reason.
 func canStopStateful(ctx context.Context, kind string, drv driver.Driver) error {
 	info := drv.Info(ctx)
-	if slices.Contains(info.Capabilities, driver.CapCheckpoint) {
+	if _, missing := info.Missing[driver.CapCheckpoint]; missing || slices.Contains(info.Capabilities, driver.CapCheckpoint) {
 		return nil
 	}
 	if kind == api.TypeVM {
 		return errdefs.Invalid("stateful stop of VMs is not supported yet")
 	}
-	reason := "no checkpoint support"
-	if info.Reason != "" {
-		reason = info.Reason
-	}
-	return errdefs.Invalid("stateful stop of %s instances is not possible on this host: %s", kind, reason)
+	return errdefs.Invalid("stateful stop of %s instances is not supported by the %s driver", kind, info.Name)
 }
 
 func actionVerb(action string) string {
