@@ -1,8 +1,6 @@
 package system
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -139,17 +137,6 @@ func hostMemoryLimit(t *testing.T, h *daemonHarness) int64 {
 		t.Fatalf("%s: %q", files[0], data)
 	}
 	return n
-}
-
-// tandemWithin is tandem with a deadline of its own, for calls longer than the default two minutes.
-func (d *daemonHarness) tandemWithin(limit time.Duration, args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binaries(d.t), "tandem"), append([]string{"--dir", d.dir}, args...)...)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err = cmd.Run()
-	return out.String(), errOut.String(), err
 }
 
 // A NIC a VM booted with can be removed live on q35 (it sits on a root port of its own, not on
