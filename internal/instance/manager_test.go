@@ -223,7 +223,7 @@ func TestStatefulStopRefusedWithoutCheckpoint(t *testing.T) {
 	h := newHarness(t, t.TempDir(), 0)
 	ctx := context.Background()
 	for _, tc := range []struct{ kind, want string }{
-		{api.TypeVM, "stateful stop of VMs is not supported yet"},
+		{api.TypeVM, "stateful stop of vm instances is not supported by the fake driver"},
 		{api.TypeContainer, "stateful stop of container instances is not supported by the fake driver"},
 	} {
 		name := "i-" + tc.kind

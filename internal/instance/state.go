@@ -92,9 +92,6 @@ func canStopStateful(ctx context.Context, kind string, drv driver.Driver) error 
 	if _, missing := info.Missing[driver.CapCheckpoint]; missing || slices.Contains(info.Capabilities, driver.CapCheckpoint) {
 		return nil
 	}
-	if kind == api.TypeVM {
-		return errdefs.Invalid("stateful stop of VMs is not supported yet")
-	}
 	return errdefs.Invalid("stateful stop of %s instances is not supported by the %s driver", kind, info.Name)
 }
 
