@@ -41,11 +41,6 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 		if err := d.saveState(ctx, h, p, cfg); err != nil {
 			return err // the guest runs on
 		}
-		cfg.SavedState = true
-		if err := writeJSON(p.config, cfg); err != nil {
-			os.Remove(savedStatePath(p))
-			return err
-		}
 		opts.Force = true // its state is on disk: QEMU only has to go
 	}
 	if !opts.Force {

@@ -42,8 +42,8 @@ func canSaveState(h *driver.Handle, cfg instanceConfig) error {
 	return nil
 }
 
-// saveState pauses the guest and writes its state to savedStatePath; on failure the guest runs on
-// as it was and no state is kept. The caller quits QEMU afterwards.
+// saveState pauses the guest, writes its state to savedStatePath and marks the config; on failure
+// the guest runs on as it was and no state is kept. The caller quits QEMU afterwards.
 func (d *Driver) saveState(ctx context.Context, h *driver.Handle, p paths, cfg instanceConfig) (err error) {
 	if err := canSaveState(h, cfg); err != nil {
 		return err
@@ -89,7 +89,11 @@ func (d *Driver) saveState(ctx context.Context, h *driver.Handle, p paths, cfg i
 		_, err = io.Copy(f, conn)
 		copied <- err
 	}()
-	err = withQMP(ctx, p, func(c *qmp.Client) error { return migrateOut(ctx, c, "unix:"+sock) })
+	wasRunning := false
+	err = withQMP(ctx, p, func(c *qmp.Client) (err error) {
+		wasRunning, err = migrateOut(ctx, c, "unix:"+sock)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("vm: saving the guest's state: %w", err)
 	}
@@ -104,30 +108,42 @@ func (d *Driver) saveState(ctx context.Context, h *driver.Handle, p paths, cfg i
 	if err == nil {
 		err = os.Rename(tmp, savedStatePath(p))
 	}
+	if err == nil {
+		cfg.SavedState = true
+		if err = writeJSON(p.config, cfg); err != nil {
+			os.Remove(savedStatePath(p))
+		}
+	}
 	if err != nil {
+		if wasRunning { // QEMU completed the stream: the guest waits, paused, in postmigrate
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			withQMP(rctx, p, func(c *qmp.Client) error { return c.Cont(rctx) })
+			cancel()
+		}
 		return fmt.Errorf("vm: writing the guest's state: %w", err)
 	}
 	return nil
 }
 
-// migrateOut pauses the guest and sends its state to uri, waiting until QEMU completed it. On
-// failure the migration is cancelled and a guest that ran runs again.
-func migrateOut(ctx context.Context, c *qmp.Client, uri string) error {
+// migrateOut pauses the guest and sends its state to uri, waiting until QEMU completed it; it
+// says whether the guest ran before. On failure the migration is cancelled and a guest that ran
+// runs again.
+func migrateOut(ctx context.Context, c *qmp.Client, uri string) (wasRunning bool, err error) {
 	st, err := c.QueryStatus(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := c.Stop(ctx); err != nil {
-		return err
+		return st.Running, err
 	}
-	undo := func(cause error) error {
+	undo := func(cause error) (bool, error) {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		c.MigrateCancel(uctx)
 		if st.Running {
 			c.Cont(uctx)
 		}
-		return cause
+		return st.Running, cause
 	}
 	if err := c.Migrate(ctx, uri); err != nil {
 		return undo(err)
@@ -139,7 +155,7 @@ func migrateOut(ctx context.Context, c *qmp.Client, uri string) error {
 		}
 		switch info.Status {
 		case qmp.MigrationCompleted:
-			return nil
+			return st.Running, nil
 		case qmp.MigrationFailed, qmp.MigrationCancelled:
 			return undo(fmt.Errorf("migration %s: %s", info.Status, or(info.ErrorDesc, "no reason given")))
 		}

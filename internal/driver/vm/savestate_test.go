@@ -29,8 +29,8 @@ func TestSaveStatePausesAndWaits(t *testing.T) {
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := migrateOut(ctx, srv.Dial(t), "unix:/run/x/save.sock"); err != nil {
-		t.Fatal(err)
+	if ran, err := migrateOut(ctx, srv.Dial(t), "unix:/run/x/save.sock"); err != nil || !ran {
+		t.Fatalf("save: ran before %v, %v", ran, err)
 	}
 }
 
@@ -47,7 +47,7 @@ func TestSaveStateFailureResumes(t *testing.T) {
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := migrateOut(ctx, srv.Dial(t), "unix:/s")
+	_, err := migrateOut(ctx, srv.Dial(t), "unix:/s")
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("err = %v, want QEMU's reason", err)
 	}
@@ -63,7 +63,7 @@ func TestSaveStateFailureKeepsPaused(t *testing.T) {
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := migrateOut(ctx, srv.Dial(t), "unix:/s"); err == nil {
+	if _, err := migrateOut(ctx, srv.Dial(t), "unix:/s"); err == nil {
 		t.Fatal("a failed migrate was taken for a save")
 	}
 	for _, c := range srv.Commands() {
