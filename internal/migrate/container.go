@@ -97,11 +97,6 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	defer os.RemoveAll(dumpDir)
 	o.stage(StageDump, 50, 0, 0, "freezing and dumping")
 	frozen := time.Now()
-	// CRIU says nothing while it dumps: what it wrote so far is the progress.
-	stopSampling := sample(ctx, func() {
-		n := dirBytes(dumpDir)
-		o.stage(StageDump, 50, n, 0, "freezing and dumping: "+size(n)+" written")
-	})
 	dopts := container.DumpOpts{Dir: dumpDir, TCPEstablished: true, Lazy: lazy}
 	if lazy { // the page server answers on this daemon's loopback; the destination comes through a tunnel
 		if dopts.PageServerAddr, err = loopbackAddr(); err != nil {
@@ -110,6 +105,11 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 			return err
 		}
 	}
+	// CRIU says nothing while it dumps: what it wrote so far is the progress.
+	stopSampling := sample(ctx, func() {
+		n := dirBytes(dumpDir)
+		o.stage(StageDump, 50, n, 0, "freezing and dumping: "+size(n)+" written")
+	})
 	_, err = cd.Dump(ctx, h, dopts)
 	if lazy && errors.Is(err, errdefs.ErrUnavailable) && !o.lazyRequired() {
 		// Refused before anything froze (e.g. a container started before lazy dumps existed).
