@@ -38,6 +38,11 @@ func (o *Operation) Done() bool {
 type Progress struct {
 	Percent int    `json:"percent" yaml:"percent"`
 	Message string `json:"message,omitempty" yaml:"message,omitempty"`
+	// Stage names the phase of a multi-phase operation (a move: rootfs, dump, disk, memory, ...);
+	// Bytes is what that phase has moved so far, out of TotalBytes when it is known.
+	Stage      string `json:"stage,omitempty" yaml:"stage,omitempty"`
+	Bytes      int64  `json:"bytes,omitempty" yaml:"bytes,omitempty"`
+	TotalBytes int64  `json:"total_bytes,omitempty" yaml:"total_bytes,omitempty"`
 }
 
 // Event types on /1.0/events.

@@ -304,3 +304,20 @@ func TestRun(t *testing.T) {
 		t.Fatalf("code %d stdout %q stderr %q", code, out.String(), errb.String())
 	}
 }
+
+func TestProgressLabel(t *testing.T) {
+	for _, tc := range []struct {
+		p    api.Progress
+		want string
+	}{
+		{api.Progress{Percent: 40}, "Moving c1 to b"},
+		{api.Progress{Stage: "memory", Message: "memory: 12MiB sent, 3MiB remaining"}, "Moving c1 to b: memory: 12MiB sent, 3MiB remaining"},
+		{api.Progress{Stage: "dump", Bytes: 12 << 20, TotalBytes: 40 << 20}, "Moving c1 to b: dump: 12MiB of 40MiB"},
+		{api.Progress{Stage: "memory", Bytes: 5 << 20}, "Moving c1 to b: memory: 5MiB"},
+		{api.Progress{Stage: "restore"}, "Moving c1 to b: restore"},
+	} {
+		if got := progressLabel("Moving c1 to b", tc.p); got != tc.want {
+			t.Errorf("progressLabel(%+v) = %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}

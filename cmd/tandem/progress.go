@@ -9,6 +9,7 @@ import (
 
 	"tandem/api"
 	"tandem/client"
+	"tandem/internal/units"
 )
 
 // wait follows an operation to its end. On a terminal it draws a progress bar on stderr, labelled
@@ -34,13 +35,9 @@ func (a *app) wait(ctx context.Context, c *client.Client, op *api.Operation, wha
 		if bar == nil {
 			return
 		}
-		desc := what
-		if o.Progress.Message != "" {
-			desc += ": " + o.Progress.Message
-		}
 		// Set first: Describe always redraws, so the line shows the new figure and message together.
 		_ = bar.Set(o.Progress.Percent)
-		bar.Describe(desc)
+		bar.Describe(progressLabel(what, o.Progress))
 	})
 	if bar != nil {
 		// Leave the line blank either way: the result (or the error line) says how it ended.
@@ -51,4 +48,20 @@ func (a *app) wait(ctx context.Context, c *client.Client, op *api.Operation, wha
 		return nil, fmt.Errorf("interrupted: operation %s goes on in tandemd (see 'tandem operation show %s')", op.ID, op.ID)
 	}
 	return final, err
+}
+
+// progressLabel is the bar's text: what, then the operation's message; a stage that brings no
+// message of its own shows its name and the bytes it moved ("Moving c1 to b: dump: 12MiB of 40MiB").
+func progressLabel(what string, p api.Progress) string {
+	switch {
+	case p.Message != "":
+		return what + ": " + p.Message
+	case p.Stage == "":
+		return what
+	case p.TotalBytes > 0:
+		return fmt.Sprintf("%s: %s: %s of %s", what, p.Stage, units.FormatSize(uint64(p.Bytes)), units.FormatSize(uint64(p.TotalBytes)))
+	case p.Bytes > 0:
+		return fmt.Sprintf("%s: %s: %s", what, p.Stage, units.FormatSize(uint64(p.Bytes)))
+	}
+	return what + ": " + p.Stage
 }

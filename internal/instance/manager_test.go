@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -243,5 +244,54 @@ func TestPausedStatusCarriesDriverReason(t *testing.T) {
 	inst, _ := h.m.Get(ctx, "v1")
 	if inst.Status != api.StatusPaused || inst.StatusError != "paused by QEMU on a disk I/O error" {
 		t.Fatalf("paused: %s %q", inst.Status, inst.StatusError)
+	}
+}
+
+// A stateful stop the driver cannot do is refused up front (it used to be a silent plain stop,
+// losing the state the caller asked to keep); the instance keeps running.
+func TestStatefulStopRefusedWithoutCheckpoint(t *testing.T) {
+	h := newHarness(t, t.TempDir(), 0)
+	ctx := context.Background()
+	for _, tc := range []struct{ kind, want string }{
+		{api.TypeVM, "stateful stop of vm instances is not supported by the fake driver"},
+		{api.TypeContainer, "stateful stop of container instances is not supported by the fake driver"},
+	} {
+		name := "i-" + tc.kind
+		op := h.wait(h.m.Create(ctx, api.InstancesPost{Name: name, Image: "busybox", Type: tc.kind, Start: true}))
+		if op.Status != api.OpSuccess {
+			t.Fatalf("launch %s: %+v", name, op)
+		}
+		for _, action := range []string{api.ActionStop, api.ActionRestart} {
+			_, err := h.m.ChangeState(ctx, name, api.InstanceStatePut{Action: action, Stateful: true})
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("%s --stateful of a %s: %v, want an invalid-argument error saying %q", action, tc.kind, err, tc.want)
+			}
+		}
+		if got, err := h.m.Get(ctx, name); err != nil || got.Status != api.StatusRunning {
+			t.Fatalf("%s after the refused stateful stop: %+v %v", name, got, err)
+		}
+	}
+}
+
+// probingDriver is a driver whose checkpoint is missing on this host for now (a probe running or
+// failed): it answers a stateful stop itself, with its reason, so the control plane lets it through.
+type probingDriver struct{ *fake.Driver }
+
+func (d probingDriver) Info(ctx context.Context) driver.Info {
+	info := d.Driver.Info(ctx)
+	info.Missing = map[string]string{driver.CapCheckpoint: "being probed"}
+	return info
+}
+
+func TestStatefulStopLeftToDriverWithMissingCheckpoint(t *testing.T) {
+	h := newHarness(t, t.TempDir(), 0)
+	ctx := context.Background()
+	h.launch("c1")
+	rec, _, err := h.m.recordAndDriver("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := canStopStateful(ctx, rec.Type, probingDriver{h.drv}); err != nil {
+		t.Fatalf("a driver that has checkpoint elsewhere was refused up front: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"tandem/api"
@@ -61,6 +62,11 @@ func (m *Manager) ChangeState(ctx context.Context, name string, req api.Instance
 				return errdefs.Invalid("%s instances cannot be paused", rec.Type)
 			}
 		}
+		if req.Stateful && (req.Action == api.ActionStop || req.Action == api.ActionRestart) {
+			if err := canStopStateful(ctx, rec.Type, drv); err != nil {
+				return err
+			}
+		}
 		st, err := drv.State(ctx, rec.Handle)
 		if err != nil {
 			return fmt.Errorf("query state of %q: %w", name, err)
@@ -76,6 +82,17 @@ func (m *Manager) ChangeState(ctx context.Context, name string, req api.Instance
 	return m.runLocked(name, desc, check, func(ctx context.Context, op *operations.Op) error {
 		return run(ctx)
 	})
+}
+
+// canStopStateful refuses a stateful stop of a driver that has no checkpoint at all, rather than
+// doing a plain stop that loses the running state the caller asked to keep. A driver that has it
+// elsewhere but not (or not yet) here (Info.Missing) answers for itself, with its reason.
+func canStopStateful(ctx context.Context, kind string, drv driver.Driver) error {
+	info := drv.Info(ctx)
+	if _, missing := info.Missing[driver.CapCheckpoint]; missing || slices.Contains(info.Capabilities, driver.CapCheckpoint) {
+		return nil
+	}
+	return errdefs.Invalid("stateful stop of %s instances is not supported by the %s driver", kind, info.Name)
 }
 
 func actionVerb(action string) string {

@@ -150,7 +150,7 @@ func (o *outgoing) sendRoot(ctx context.Context) error {
 			return err
 		}
 		defer release()
-		return o.rsync(ctx, tree, "rootfs", 10, 90, "copying the root filesystem")
+		return o.rsync(ctx, StageRootfs, tree, "rootfs", 10, 90, "copying the root filesystem")
 	case api.TypeVM:
 		vd, err := vmOf(o.drv)
 		if err != nil {
@@ -183,7 +183,8 @@ func (o *outgoing) sendDisk(ctx context.Context, path, format string) error {
 	args = append(args, path, "nbd+unix:///?socket="+f.path)
 	err = o.transfer(func() error {
 		stderr, err := qemuimg.Run(exec.CommandContext(ctx, "qemu-img", args...), func(p int) {
-			o.step(10+80*p/100, fmt.Sprintf("copying the disk: %d%%", p))
+			sent := f.sent.Load()
+			o.stage(StageRootfs, spanPercent(10, 90, p), sent, 0, fmt.Sprintf("copying the disk: %d%%, %s sent", p, size(sent)))
 		})
 		if err != nil && ctx.Err() != nil {
 			return errors.Join(errdefs.ErrCancelled, context.Cause(ctx))

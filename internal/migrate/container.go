@@ -60,7 +60,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		}
 	}
 	if o.shared == "" {
-		if err := o.rsync(ctx, root, "rootfs", 5, 45, "copying the root filesystem"); err != nil {
+		if err := o.rsync(ctx, StageRootfs, root, "rootfs", 5, 45, "copying the root filesystem"); err != nil {
 			o.abortRemote()
 			return err
 		}
@@ -95,7 +95,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 	// shared pool at the same path.
 	dumpDir := filepath.Join(o.e.Dir, "outgoing", o.id)
 	defer os.RemoveAll(dumpDir)
-	o.step(50, "freezing and dumping")
+	o.stage(StageDump, 50, 0, 0, "freezing and dumping")
 	frozen := time.Now()
 	dopts := container.DumpOpts{Dir: dumpDir, TCPEstablished: true, Lazy: lazy}
 	if lazy { // the page server answers on this daemon's loopback; the destination comes through a tunnel
@@ -105,6 +105,11 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 			return err
 		}
 	}
+	// CRIU says nothing while it dumps: what it wrote so far is the progress.
+	stopSampling := sample(ctx, func() {
+		n := dirBytes(dumpDir)
+		o.stage(StageDump, 50, n, 0, "freezing and dumping: "+size(n)+" written")
+	})
 	_, err = cd.Dump(ctx, h, dopts)
 	if lazy && errors.Is(err, errdefs.ErrUnavailable) && !o.lazyRequired() {
 		// Refused before anything froze (e.g. a container started before lazy dumps existed).
@@ -112,6 +117,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		o.result.Notes = append(o.result.Notes, "lazy pages: not used: "+err.Error())
 		_, err = cd.Dump(ctx, h, dopts)
 	}
+	stopSampling()
 	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
 	if err != nil {
 		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
@@ -146,10 +152,10 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rootErr = o.rsync(ctx, root, "rootfs", 55, 70, "copying what changed")
+			rootErr = o.rsync(ctx, StageSend, root, "rootfs", 55, 70, "copying what changed")
 		}()
 	}
-	dumpErr := o.rsync(ctx, dumpDir, "dump", 70, 85, "copying the dump")
+	dumpErr := o.rsync(ctx, StageSend, dumpDir, "dump", 70, 85, "copying the dump")
 	wg.Wait()
 	if err := errors.Join(rootErr, dumpErr); err != nil {
 		return resume(err)
@@ -162,7 +168,7 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 		defer func() { o.sent.Add(pages.sent.Load()) }()
 	}
 	copied := time.Now()
-	o.step(88, "restoring on "+o.remote)
+	o.stage(StageRestore, 88, 0, 0, "restoring on "+o.remote)
 	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{Lazy: lazy}); !ran {
 		if pages != nil {
 			pages.cut()
@@ -196,9 +202,14 @@ func (o *outgoing) moveContainer(ctx context.Context, post api.MigrationPost) er
 // every page frozen, resumes. The destination's copy ran meanwhile: what it wrote to a copied root
 // is dropped with it.
 func (o *outgoing) awaitPages(ctx context.Context, cd containerMover, pages *pagesLink) error {
-	o.step(92, "memory follows to "+o.remote)
+	o.stage(StageMemory, 92, 0, 0, "memory follows to "+o.remote)
 	start := time.Now()
+	stopSampling := sample(ctx, func() {
+		n := pages.sent.Load()
+		o.stage(StageMemory, 92, n, 0, "memory follows to "+o.remote+": "+size(n)+" sent")
+	})
 	err := o.transfer(func() error { return cd.WaitLazyPages(ctx, o.rec.Handle) })
+	stopSampling()
 	if err != nil {
 		pages.cut()
 		o.dropRemote()

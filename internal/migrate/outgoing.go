@@ -186,8 +186,6 @@ func (o *outgoing) move(ctx context.Context) error {
 	return errdefs.Invalid("instance type %q cannot move", o.rec.Type)
 }
 
-func (o *outgoing) step(percent int, msg string) { o.op.Progress(percent, msg) }
-
 // prepare sends the handle and asks the destination to get ready; it refuses with its reason.
 func (o *outgoing) prepare(ctx context.Context, post api.MigrationPost) (*api.MigrationInfo, error) {
 	h, err := json.Marshal(o.rec.Handle)
@@ -238,8 +236,9 @@ func (o *outgoing) tunnel(ctx context.Context, to string) (*forwarder, error) {
 	return forward(ctx, filepath.Join(o.run, to+".sock"), o.openTunnel(to), o.touch)
 }
 
-// rsync sends a tree to a destination endpoint, reporting progress between from and to percent.
-func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int, what string) error {
+// rsync sends a tree to a destination endpoint, reporting progress between from and to percent,
+// with the bytes that went through the tunnel so far, as stage.
+func (o *outgoing) rsync(ctx context.Context, stage, src, endpoint string, from, to int, what string) error {
 	f, err := o.tunnel(ctx, endpoint)
 	if err != nil {
 		return err
@@ -250,7 +249,8 @@ func (o *outgoing) rsync(ctx context.Context, src, endpoint string, from, to int
 	}()
 	err = o.transfer(func() error {
 		return rsyncTo(ctx, src, rsyncOpts{Socket: f.path, BWLimit: o.bw, Progress: func(p int) {
-			o.step(from+(to-from)*p/100, fmt.Sprintf("%s: %d%%", what, p))
+			sent := f.sent.Load()
+			o.stage(stage, spanPercent(from, to, p), sent, 0, fmt.Sprintf("%s: %d%%, %s sent", what, p, size(sent)))
 		}})
 	})
 	if err != nil {

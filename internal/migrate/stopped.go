@@ -41,7 +41,7 @@ func (o *outgoing) moveStopped(ctx context.Context, post api.MigrationPost) erro
 			return err
 		}
 	}
-	o.step(92, "finishing on "+o.remote)
+	o.stage(StageRestore, 92, 0, 0, "finishing on "+o.remote)
 	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
 		if move {
 			o.e.Instances.MarkOutgoing(o.rec.Name, "", "")

@@ -8,7 +8,7 @@ import (
 
 	"tandem/api"
 	"tandem/internal/driver/vm"
-	"tandem/internal/units"
+	"tandem/internal/progress"
 )
 
 // moveVM follows internal/driver/vm/outgoing.go: the destination's QEMU waits for the stream;
@@ -54,7 +54,8 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 	}
 	var res vm.MigrationResult
 	err = o.transfer(func() (err error) {
-		res, err = vd.MigrateOut(ctx, h, opts)
+		// opts.Progress reports; the driver's own percentages (progress.Report) would fight it.
+		res, err = vd.MigrateOut(progress.With(ctx, nil), h, opts)
 		return err
 	})
 	o.e.Instances.SaveHandle(context.WithoutCancel(ctx), o.rec.Name, o.drv, h)
@@ -82,7 +83,7 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 		o.e.Instances.MarkOutgoing(o.rec.Name, "", "")
 		return cause
 	}
-	o.step(96, "resuming on "+o.remote)
+	o.stage(StageRestore, 96, 0, 0, "resuming on "+o.remote)
 	if ran, err := o.restoreRemote(ctx, api.MigrationRestorePost{}); !ran {
 		return resume(err)
 	}
@@ -96,24 +97,9 @@ func (o *outgoing) moveVM(ctx context.Context, post api.MigrationPost) error {
 	return o.finishHere(ctx)
 }
 
-// vmProgress turns QEMU's figures into the operation's progress: disk mirror 5-45%, RAM 45-95%.
+// vmProgress turns QEMU's figures into the operation's progress (vmStage).
 func (o *outgoing) vmProgress(p vm.MigrationProgress) {
-	switch p.Phase {
-	case vm.PhaseDisk:
-		pct := 5
-		if p.DiskTotal > 0 {
-			pct += int(40 * p.DiskDone / p.DiskTotal)
-		}
-		o.step(pct, fmt.Sprintf("mirroring the disk: %s of %s", units.FormatSize(uint64(p.DiskDone)), units.FormatSize(uint64(p.DiskTotal))))
-	case vm.PhaseRAM, vm.PhaseSwitchover:
-		pct := 45
-		if sum := p.TransferredBytes + p.RemainingBytes; sum > 0 {
-			pct += int(50 * p.TransferredBytes / sum)
-		}
-		o.step(min(pct, 95), fmt.Sprintf("memory: %s sent, %s remaining, dirty rate %s/s (%s)",
-			units.FormatSize(uint64(p.TransferredBytes)), units.FormatSize(uint64(p.RemainingBytes)),
-			units.FormatSize(uint64(p.DirtyRate)), p.Phase))
-	}
+	o.op.SetProgress(vmStage(p))
 	o.op.SetMetadata("migration", map[string]any{"phase": p.Phase, "ram_sent": p.TransferredBytes,
 		"ram_remaining": p.RemainingBytes, "dirty_rate": p.DirtyRate, "disk_done": p.DiskDone, "disk_total": p.DiskTotal})
 }

@@ -58,9 +58,14 @@ func (o *Op) ID() string { return o.state.ID }
 
 // Progress records how far the operation got; it is cheap and may be called often.
 func (o *Op) Progress(percent int, message string) {
+	o.SetProgress(api.Progress{Percent: percent, Message: message})
+}
+
+// SetProgress records progress with its stage and byte counts, and publishes it when it changed.
+func (o *Op) SetProgress(p api.Progress) {
 	o.mu.Lock()
-	changed := o.state.Progress.Percent != percent || o.state.Progress.Message != message
-	o.state.Progress = api.Progress{Percent: percent, Message: message}
+	changed := o.state.Progress != p
+	o.state.Progress = p
 	o.state.UpdatedAt = time.Now().UTC()
 	snap := o.state
 	o.mu.Unlock()

@@ -178,7 +178,12 @@ func (d *daemonHarness) stop(sig syscall.Signal) {
 
 // tandem runs the CLI against this daemon, bounded in time.
 func (d *daemonHarness) tandem(args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return d.tandemWithin(2*time.Minute, args...)
+}
+
+// tandemWithin is tandem with a deadline of its own, for calls longer than two minutes.
+func (d *daemonHarness) tandemWithin(limit time.Duration, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binaries(d.t), "tandem"), append([]string{"--dir", d.dir}, args...)...)
 	var out, errOut bytes.Buffer

@@ -383,8 +383,10 @@ func TestMoveVMLive(t *testing.T) {
 			ip := waitAddress(t, a, tc.name)
 			nics := nicsOf(t, a, tc.name)
 			time.Sleep(time.Second)
+			stopWatching := watchMoveProgress(t, a)
 			out := a.must("move", tc.name, "--target", "host-b", "--live")
 			t.Logf("%s", strings.TrimSpace(out))
+			checkMoveProgress(t, stopWatching(), tc.extra == nil)
 			if !strings.Contains(out, "downtime") {
 				t.Errorf("the move did not report QEMU's downtime: %q", out)
 			}

@@ -78,3 +78,29 @@ func removeCgroupTree(dir string) {
 		os.Remove(sub[i])
 	}
 }
+
+// delegatedFiles are the files of a cgroup that its delegatee may write, per the kernel's
+// delegation model (cgroup-v2.rst "Delegation"; v1 has tasks instead of cgroup.threads):
+// membership and enabling controllers below, never the limits on the cgroup itself.
+var delegatedFiles = []string{"tasks", "cgroup.procs", "cgroup.threads", "cgroup.subtree_control"}
+
+// delegateCgroup hands a user-namespaced container's cgroup, in every hierarchy, to its root
+// (host uid and gid rootID), as LXC and Incus do: systemd as init then makes init.scope and its
+// units' cgroups below it. The container sees that subtree alone (its cgroup namespace is
+// rooted there), cannot write the limits on its own cgroup (their files stay the host's root's),
+// and what it makes below them is bounded by them, as cgroups are hierarchical. A privileged
+// container needs no delegation: its root is the host's.
+func delegateCgroup(cgroupPath string, rootID uint32) error {
+	dirs := cgroupDirs(cgroupPath)
+	for _, dir := range dirs {
+		if err := os.Chown(dir, int(rootID), int(rootID)); err != nil {
+			return fmt.Errorf("delegate cgroup %s: %w", dir, err)
+		}
+		for _, f := range delegatedFiles {
+			if err := os.Chown(filepath.Join(dir, f), int(rootID), int(rootID)); err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("delegate cgroup %s: %w", dir, err)
+			}
+		}
+	}
+	return nil
+}

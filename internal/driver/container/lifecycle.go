@@ -1,7 +1,9 @@
 package container
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 
 	"tandem/internal/driver"
 	"tandem/internal/driver/container/runc"
+	"tandem/internal/driver/container/shim"
 	"tandem/internal/errdefs"
 	"tandem/internal/progress"
 )
@@ -93,6 +96,11 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 	if err := bindNetns(pid, p.netns); err != nil {
 		return err
 	}
+	if !st.IDs.Identity() {
+		if err := delegateCgroup(d.cgroupsPath(h.ID), st.IDs.Base); err != nil {
+			return err
+		}
+	}
 	if d.opts.PrepareNetwork != nil {
 		if err := d.opts.PrepareNetwork(ctx, h, p.netns); err != nil {
 			return fmt.Errorf("prepare network: %w", err)
@@ -102,7 +110,33 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 	if err := d.runc.Start(ctx, h.ID); err != nil {
 		return err
 	}
-	return nil
+	return d.initSurvives(ctx, p, pid)
+}
+
+// initSettle is how long a starting init must live for Start to succeed: an init that cannot
+// run (systemd without a usable cgroup, a broken /sbin/init) dies within it.
+var initSettle = time.Second
+
+// initSurvives fails the start when init dies within initSettle, with how it ended and the
+// console's last lines, which say why; Start's rollback then removes what remains.
+func (d *Driver) initSurvives(ctx context.Context, p paths, pid int) error {
+	if !waitCtx(ctx, pid, initSettle) {
+		return ctx.Err() // alive (nil), or the start was cancelled
+	}
+	waitShimExit(p, 3*time.Second) // the shim records the exit and drains the console first
+	how := "exited"
+	var exit shim.Exit
+	if data, err := os.ReadFile(p.exit); err == nil && json.Unmarshal(data, &exit) == nil {
+		how = fmt.Sprintf("exited with code %d", exit.Code)
+		if exit.Signal != "" {
+			how = "was killed by " + exit.Signal
+		}
+	}
+	console := "(the console printed nothing)"
+	if data, err := os.ReadFile(p.consoleLog); err == nil && len(bytes.TrimSpace(data)) > 0 {
+		console = "console: " + lastLines(stripControl(string(data)), 10)
+	}
+	return fmt.Errorf("init %s at start; %s", how, console)
 }
 
 // Stop shuts the container down: init gets the image's shutdown signal (busybox: SIGUSR2 is

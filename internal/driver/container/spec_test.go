@@ -85,8 +85,13 @@ func TestBuildSpecSystemContainer(t *testing.T) {
 	if m := mounts["/proc/meminfo"]; m.Source != "/var/lib/lxcfs/proc/meminfo" || m.Type != "bind" {
 		t.Errorf("lxcfs meminfo mount %+v", m)
 	}
-	if !slices.Contains(mounts["/sys"].Options, "ro") || !slices.Contains(mounts["/sys/fs/cgroup"].Options, "ro") {
-		t.Error("sysfs or cgroupfs is writable")
+	if !slices.Contains(mounts["/sys"].Options, "ro") {
+		t.Error("sysfs is writable")
+	}
+	// systemd as init makes its scopes in its own cgroup: the cgroup mount is writable, and the
+	// cgroup namespace roots it at the container's cgroup (delegateCgroup gives only that subtree).
+	if cg := mounts["/sys/fs/cgroup"]; slices.Contains(cg.Options, "ro") || !slices.Contains(nss, specs.CgroupNamespace) {
+		t.Errorf("cgroup mount %+v with namespaces %v: systemd cannot make init.scope", cg, nss)
 	}
 	// It must serialise to what runc reads.
 	data, err := json.Marshal(s)

@@ -56,3 +56,24 @@ func parseSignal(s string) (unix.Signal, error) {
 	}
 	return 0, fmt.Errorf("unknown signal %q", s)
 }
+
+// stripControl drops terminal escape sequences (systemd's colours) and control characters but
+// newlines and tabs from console output quoted in an error.
+func stripControl(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == 0x1b: // ESC [ parameters final-byte
+			if i+1 < len(s) && s[i+1] == '[' {
+				i += 2
+				for i < len(s) && (s[i] < 0x40 || s[i] > 0x7e) {
+					i++
+				}
+			}
+		case c == '\n' || c == '\t' || c >= 0x20 && c != 0x7f:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

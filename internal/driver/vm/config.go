@@ -58,6 +58,8 @@ type instanceConfig struct {
 	Outgoing string `json:"outgoing,omitempty"`
 	// OutgoingPaused: the guest was paused before it migrated, so AbortOutgoing leaves it paused.
 	OutgoingPaused bool `json:"outgoing_paused,omitempty"`
+	// SavedState: a stateful stop saved the guest (savestate.go); the next start loads it.
+	SavedState bool `json:"saved_state,omitempty"`
 }
 
 // Migration disk modes.

@@ -18,6 +18,9 @@ func (d *Driver) AddDisk(ctx context.Context, h *driver.Handle, name string, dis
 	if format == "" {
 		format = "raw"
 	}
+	if err := d.canHotplug(h, "disk "+name); err != nil {
+		return err
+	}
 	return d.qmpRunning(ctx, h, func(c *qmp.Client) error {
 		err := c.BlockdevAdd(ctx, map[string]any{"driver": format, "node-name": node, "read-only": disk.ReadOnly,
 			"file": map[string]any{"driver": "file", "filename": disk.Source}})
@@ -39,6 +42,9 @@ func (d *Driver) AddDisk(ctx context.Context, h *driver.Handle, name string, dis
 
 // RemoveDisk unplugs the disk (the guest lets go of it) and closes the file.
 func (d *Driver) RemoveDisk(ctx context.Context, h *driver.Handle, name string, _ driver.Disk) error {
+	if err := d.canHotplug(h, "disk "+name); err != nil {
+		return err
+	}
 	return d.qmpRunning(ctx, h, func(c *qmp.Client) error {
 		if err := c.DeviceDel(ctx, "disk-"+name); err != nil {
 			return err

@@ -33,6 +33,16 @@ func (d *Driver) Stop(ctx context.Context, h *driver.Handle, opts driver.StopOpt
 		return driver.ErrNotRunning
 	}
 	d.dropAgent(h.ID)
+	if opts.Stateful {
+		cfg, err := loadConfig(p)
+		if err != nil {
+			return err
+		}
+		if err := d.saveState(ctx, h, p, cfg); err != nil {
+			return err // the guest runs on
+		}
+		opts.Force = true // its state is on disk: QEMU only has to go
+	}
 	if !opts.Force {
 		timeout := opts.Timeout
 		if timeout <= 0 {

@@ -39,11 +39,22 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) error {
 		return errdefs.Conflict("vm: the instance migrated to another host: Release, or AbortOutgoing if it does not run there")
 	}
 	d.afterExit(ctx, h, p) // leftovers of a VM that died behind our back
-	pid, c, err := d.launch(ctx, h, cfg, p, nil)
+	var adjust func(*qemucmd.Config)
+	if cfg.SavedState {
+		adjust = func(qc *qemucmd.Config) { qc.Incoming = "defer" }
+	}
+	pid, c, err := d.launch(ctx, h, cfg, p, adjust)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if cfg.SavedState {
+		if err := d.resumeSaved(ctx, h, p, &cfg, c); err != nil {
+			d.kill(pid, p.qmp)
+			d.afterExit(context.WithoutCancel(ctx), h, p)
+			return err
+		}
+	}
 	progress.Report(ctx, 80, "resuming vcpus")
 	if err := c.Cont(ctx); err != nil {
 		d.kill(pid, p.qmp)

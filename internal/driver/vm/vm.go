@@ -186,7 +186,8 @@ func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 // Info reports whether QEMU and the guest kernel are here.
 func (d *Driver) Info(ctx context.Context) driver.Info {
 	info := driver.Info{Name: "vm", Version: "1",
-		Capabilities: []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats, driver.CapMigrate}}
+		Capabilities: []string{driver.CapPause, driver.CapExec, driver.CapConsole, driver.CapStats, driver.CapMigrate,
+			driver.CapCheckpoint}} // stateful stop: savestate.go
 	d.mu.Lock()
 	version := d.version
 	d.mu.Unlock()

@@ -209,9 +209,27 @@ func Build(c Config) ([]string, error) {
 }
 
 type builder struct {
-	c    *Config
-	bus  string // device name suffix: -pci or -device (mmio)
-	args []string
+	c     *Config
+	bus   string // device name suffix: -pci or -device (mmio)
+	args  []string
+	ports int // pcie-root-ports made for boot devices so far
+}
+
+// BootPort is the id of the pcie-root-port that holds the boot device id on q35.
+func BootPort(id string) string { return "port-" + id }
+
+// bootBus returns the bus option of a boot-time disk or NIC, adding its port first. On q35 each
+// gets a pcie-root-port of its own: devices straight on pcie.0 cannot be unplugged ("Bus 'pcie.0'
+// does not support hotplugging"). pc's pci.0 hot-unplugs through ACPI, and microvm cannot at all,
+// so they need none. Chassis numbers follow the free hotplug ports' (1..HotplugPorts).
+func (b *builder) bootBus(id string) []string {
+	if b.c.machine() != Q35 {
+		return nil
+	}
+	b.ports++
+	port := BootPort(id)
+	b.add("-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d", port, b.c.HotplugPorts+b.ports))
+	return []string{"bus=" + port}
 }
 
 func (b *builder) add(a ...string) { b.args = append(b.args, a...) }
@@ -291,7 +309,7 @@ func (b *builder) diskArgs() {
 			node["read-only"] = true
 			node["file"].(map[string]any)["read-only"] = true
 		}
-		dev := []string{"virtio-blk" + b.bus, "id=" + d.ID, "drive=fmt-" + d.ID}
+		dev := append([]string{"virtio-blk" + b.bus, "id=" + d.ID, "drive=fmt-" + d.ID}, b.bootBus(d.ID)...)
 		if i == 0 && b.c.machine() != MicroVM {
 			dev = append(dev, "bootindex=1")
 		}
@@ -320,7 +338,7 @@ func (b *builder) nicArgs() {
 			}
 			b.add("-netdev", opts("tap", "id=net-"+n.ID, "ifname="+esc(n.Tap), "script=no", "downscript=no", vhost))
 		}
-		dev := []string{"virtio-net" + b.bus, "id=" + n.ID, "netdev=net-" + n.ID, "mac=" + n.MAC}
+		dev := append([]string{"virtio-net" + b.bus, "id=" + n.ID, "netdev=net-" + n.ID, "mac=" + n.MAC}, b.bootBus(n.ID)...)
 		if b.bus == "-pci" {
 			dev = append(dev, "romfile=") // no iPXE ROM: we never network-boot, and it costs boot time
 		}

@@ -150,8 +150,22 @@ func TestProfilesAsData(t *testing.T) {
 			t.Errorf("q35 lacks %s", f)
 		}
 	}
-	if ports := strings.Count(strings.Join(values(q, "-device"), "\n"), "pcie-root-port"); ports != 4 {
-		t.Errorf("q35 has %d root ports, want 4", ports)
+	if ports := strings.Count(strings.Join(values(q, "-device"), "\n"), "pcie-root-port"); ports != 4+2 {
+		t.Errorf("q35 has %d root ports, want 4 free and one for each boot disk and NIC", ports)
+	}
+	// Boot devices sit on ports of their own: on pcie.0 they could never be unplugged.
+	for _, want := range []string{"pcie-root-port,id=port-root,bus=pcie.0,chassis=5",
+		"virtio-blk-pci,id=root,drive=fmt-root,bus=port-root,bootindex=1",
+		"pcie-root-port,id=port-eth0,bus=pcie.0,chassis=6",
+		"virtio-net-pci,id=eth0,netdev=net-eth0,mac=00:16:3e:00:00:01,bus=port-eth0,romfile="} {
+		if !slices.Contains(values(q, "-device"), want) {
+			t.Errorf("q35 lacks -device %s: %q", want, values(q, "-device"))
+		}
+	}
+	for _, name := range []string{"pc-auto", "pc-disk-uefi", "microvm"} {
+		if d := strings.Join(values(build(p[name]), "-device"), "\n"); strings.Contains(d, "root-port") || strings.Contains(d, "bus=port-") {
+			t.Errorf("%s has root ports (its bus hot-unplugs, or nothing does): %s", name, d)
+		}
 	}
 	if !slices.Contains(values(q, "-device"), "virtio-balloon-pci,id=balloon,free-page-reporting=on") {
 		t.Error("q35 has no free-page-reporting balloon")
@@ -170,12 +184,13 @@ func TestProfilesAsData(t *testing.T) {
 		}
 	}
 
-	for _, name := range []string{"q35-disk-bios", "pc-disk-uefi"} {
+	for name, root := range map[string]string{"q35-disk-bios": "virtio-blk-pci,id=root,drive=fmt-root,bus=port-root,bootindex=1",
+		"pc-disk-uefi": "virtio-blk-pci,id=root,drive=fmt-root,bootindex=1"} {
 		a := build(p[name])
 		if slices.Contains(a, "-kernel") || slices.Contains(a, "-initrd") || slices.Contains(a, "-append") {
 			t.Errorf("%s boots a kernel of ours: %q", name, a)
 		}
-		if !slices.Contains(values(a, "-device"), "virtio-blk-pci,id=root,drive=fmt-root,bootindex=1") {
+		if !slices.Contains(values(a, "-device"), root) {
 			t.Errorf("%s: the firmware is not pointed at the root disk: %q", name, values(a, "-device"))
 		}
 	}
