@@ -27,7 +27,7 @@ func main() {
 	flag.BoolVar(&cfg.Networking, "network", true, "manage networks (bridges, NAT, DHCP, DNS)")
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "VM accelerator: auto (KVM when usable), kvm or tcg")
-	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this unprivileged user (default: as root)")
+	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this user (default: tandem-qemu, made by scripts/setup.sh; root, with a warning, if it does not exist; \"root\" for root)")
 	idBase := flag.Uint("idmap-base", 1000000, "first host uid/gid of the ranges given to unprivileged containers")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()

@@ -47,7 +47,8 @@ type Config struct {
 	DefaultNetwork bool
 	// Accel is the VM accelerator: auto, kvm or tcg.
 	Accel string
-	// VMUser, if set, is the unprivileged user QEMU runs as (taps are made for it).
+	// VMUser is the user QEMU runs as (taps are made for it): "" for DefaultVMUser (root when it
+	// does not exist), "root" for root.
 	VMUser string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
@@ -88,6 +89,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
+	cfg.VMUser = vmUser(cfg.VMUser, lookupUser)
 	// The socket path must fit a sockaddr_un.
 	if len(SocketPath(cfg.Dir)) > 107 {
 		return fmt.Errorf("state dir %s is too long: the socket path must be under 108 bytes", cfg.Dir)

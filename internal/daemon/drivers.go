@@ -47,6 +47,8 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			Images: images,
 			Accel:  cfg.Accel,
 			User:   cfg.VMUser,
+			// Beside the containers' cgroups: one parent bounds every instance of this daemon.
+			CgroupParent: cgroupParent(cfg.Dir),
 			// Without managed networks a VM gets QEMU's user-mode network.
 			UserNetwork: networks == nil,
 		}

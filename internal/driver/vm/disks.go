@@ -18,6 +18,9 @@ func (d *Driver) AddDisk(ctx context.Context, h *driver.Handle, name string, dis
 	if format == "" {
 		format = "raw"
 	}
+	if err := d.giveFile(disk.Source); err != nil {
+		return fmt.Errorf("vm: disk %s: handing it to the qemu user: %w", name, err)
+	}
 	return d.qmpRunning(ctx, h, func(c *qmp.Client) error {
 		err := c.BlockdevAdd(ctx, map[string]any{"driver": format, "node-name": node, "read-only": disk.ReadOnly,
 			"file": map[string]any{"driver": "file", "filename": disk.Source}})

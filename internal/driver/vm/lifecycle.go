@@ -101,6 +101,7 @@ func (d *Driver) afterExit(ctx context.Context, h *driver.Handle, p paths) {
 	for _, f := range []string{p.qmp, p.console, p.agent, p.pidfile, p.tpm, p.tpmPID} {
 		os.Remove(f)
 	}
+	d.removeCgroup(h.ID)
 	setState(h, handleState{})
 }
 

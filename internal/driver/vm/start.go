@@ -80,6 +80,10 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 	if adjust != nil {
 		adjust(&qc)
 	}
+	// QEMU would make the console log 0644: it holds whatever the guest printed.
+	if err := ensureFile(p.consoleLog, 0o600); err != nil {
+		return 0, nil, err
+	}
 	if err := d.handOver(p, cfg); err != nil {
 		return 0, nil, fmt.Errorf("vm: handing files to the qemu user: %w", err)
 	}
@@ -98,6 +102,9 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 		return 0, nil, fmt.Errorf("vm: starting qemu: %w", err)
 	}
 	reverts = append(reverts, func() { d.kill(pid, p.qmp) })
+	if err := d.joinCgroup(h.ID, pid, qemuLimits(qc, h.Spec.Config["limits.cpu"] != "")); err != nil {
+		return 0, nil, fmt.Errorf("vm: cgroup: %w", err)
+	}
 	c, err := waitQMP(ctx, p, exited, qmpStartTimeout)
 	if err != nil {
 		return 0, nil, err
@@ -264,6 +271,16 @@ func (d *Driver) startSwtpm(ctx context.Context, p paths) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// ensureFile makes path exist with mode perm (an existing file keeps its contents).
+func ensureFile(path string, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, perm)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Chmod(path, perm)
 }
 
 func isUUID(s string) bool {

@@ -68,6 +68,8 @@ type Options struct {
 	// User, if set, is the unprivileged user QEMU and swtpm run as (its "kvm" group is added for
 	// /dev/kvm); the instance's files are handed to it at start. Empty: the daemon's own user.
 	User string
+	// CgroupParent, if set, puts each QEMU in the cgroup /CgroupParent/<id> with the VM's limits.
+	CgroupParent string
 }
 
 // Driver is the QEMU driver.
@@ -171,7 +173,7 @@ func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 		return err
 	}
 	if cfg.Disk != "" {
-		if err := os.Chown(cfg.Disk, uid, gid); err != nil {
+		if err := d.giveFile(cfg.Disk); err != nil {
 			return err
 		}
 	}
@@ -181,6 +183,15 @@ func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 		}
 		return os.Lchown(path, uid, gid)
 	})
+}
+
+// giveFile hands a disk QEMU opens by name (a root disk outside the instance dir, a volume
+// attached while it runs) to QEMU's user, as libvirt's dynamic ownership does.
+func (d *Driver) giveFile(path string) error {
+	if d.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(d.cred.Uid), int(d.cred.Gid))
 }
 
 // Info reports whether QEMU and the guest kernel are here.
