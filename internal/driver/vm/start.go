@@ -87,6 +87,9 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 	if err := d.handOver(p, cfg); err != nil {
 		return 0, nil, fmt.Errorf("vm: handing files to the qemu user: %w", err)
 	}
+	if err := d.checkReachable(ctx, cfg.diskPath(p)); err != nil {
+		return 0, nil, err
+	}
 	if qc.TPMSocket != "" {
 		if err := d.startSwtpm(ctx, p); err != nil {
 			return 0, nil, err

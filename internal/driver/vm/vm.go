@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"tandem/internal/agent"
 	"tandem/internal/driver"
@@ -192,6 +193,24 @@ func (d *Driver) giveFile(path string) error {
 		return nil
 	}
 	return os.Chown(path, int(d.cred.Uid), int(d.cred.Gid))
+}
+
+// checkReachable fails clearly when QEMU's user cannot open path read-write: a directory above it
+// that it may not search (a shared pool mounted 0700) would otherwise make QEMU fail with a bare
+// "Permission denied". It asks the kernel, as that user.
+func (d *Driver) checkReachable(ctx context.Context, path string) error {
+	if d.cred == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "test", "-r", path, "-a", "-w", path)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: d.cred}
+	if err := cmd.Run(); err != nil {
+		return errdefs.Unavailable("vm: QEMU's user %s cannot open %s: every directory above it must be searchable by that user (chmod o+x)", d.opts.User, path)
+	}
+	return nil
 }
 
 // Info reports whether QEMU and the guest kernel are here.
