@@ -12,11 +12,13 @@ import (
 
 	"tandem/internal/daemon"
 	"tandem/internal/driver/container"
+	"tandem/internal/driver/vm"
 )
 
 func main() {
 	// A container's shim is this binary re-executed: it must take over before anything else runs.
 	container.MaybeRunShim()
+	vm.MaybeRunConsoleLog()
 
 	var cfg daemon.Config
 	var logLevel string

@@ -1,11 +1,13 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"tandem/internal/driver/vm/qemucmd"
 )
@@ -75,8 +77,9 @@ func cgroupFiles(v2 bool, path string, l cgroupLimits) map[string][][2]string {
 	}
 }
 
-// joinCgroup makes the VM's cgroup with limits l and moves pid (QEMU, just started) into it.
-func (d *Driver) joinCgroup(id string, pid int, l cgroupLimits) error {
+// joinCgroup makes the VM's cgroup with limits l and moves pids (QEMU, just started, and its
+// helpers; 0 is skipped) into it.
+func (d *Driver) joinCgroup(id string, l cgroupLimits, pids ...int) error {
 	path := d.cgroupPath(id)
 	if path == "" {
 		return nil
@@ -103,8 +106,14 @@ func (d *Driver) joinCgroup(id string, pid int, l cgroupLimits) error {
 				return fmt.Errorf("%s/%s: %w", dir, f[0], err)
 			}
 		}
-		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
-			return fmt.Errorf("move qemu into %s: %w", dir, err)
+		for _, pid := range pids {
+			if pid == 0 {
+				continue
+			}
+			err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+			if err != nil && !errors.Is(err, syscall.ESRCH) { // a helper already gone is its own business
+				return fmt.Errorf("move pid %d into %s: %w", pid, dir, err)
+			}
 		}
 	}
 	return nil

@@ -90,6 +90,12 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 	if err := d.checkReachable(ctx, cfg.diskPath(p)); err != nil {
 		return 0, nil, err
 	}
+	logTo, logPID, release, err := d.startConsoleLog(p)
+	if err != nil {
+		return 0, nil, err
+	}
+	reverts = append(reverts, release)
+	qc.ConsoleLog = logTo
 	if qc.TPMSocket != "" {
 		if err := d.startSwtpm(ctx, p); err != nil {
 			return 0, nil, err
@@ -105,7 +111,9 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 		return 0, nil, fmt.Errorf("vm: starting qemu: %w", err)
 	}
 	reverts = append(reverts, func() { d.kill(pid, p.qmp) })
-	if err := d.joinCgroup(h.ID, pid, qemuLimits(qc, h.Spec.Config["limits.cpu"] != "")); err != nil {
+	// The console log's drain goes with QEMU: out of the daemon's cgroup, which a service manager
+	// may kill whole when the daemon restarts.
+	if err := d.joinCgroup(h.ID, qemuLimits(qc, h.Spec.Config["limits.cpu"] != ""), pid, logPID); err != nil {
 		return 0, nil, fmt.Errorf("vm: cgroup: %w", err)
 	}
 	c, err := waitQMP(ctx, p, exited, qmpStartTimeout)

@@ -71,6 +71,12 @@ type Options struct {
 	User string
 	// CgroupParent, if set, puts each QEMU in the cgroup /CgroupParent/<id> with the VM's limits.
 	CgroupParent string
+	// ConsoleLogHelper, if set, is the executable run with ConsoleLogArg as its first argument to
+	// keep a VM's console log capped at ConsoleLogMax (default logfile.DefaultMax), rotated to
+	// console.log.1; the daemon re-executes itself (its main calls MaybeRunConsoleLog). Unset,
+	// QEMU writes the log itself, uncapped.
+	ConsoleLogHelper string
+	ConsoleLogMax    int64
 }
 
 // Driver is the QEMU driver.
@@ -253,6 +259,7 @@ type paths struct {
 	config, overlay, consoleLog, qemuLog      string
 	vars, tpmState, firmwareLog, swtpmLog     string
 	qmp, console, agent, pidfile, tpm, tpmPID string
+	consoleFIFO                               string
 }
 
 func (d *Driver) paths(id string) paths {
@@ -273,6 +280,7 @@ func (d *Driver) paths(id string) paths {
 		pidfile:     filepath.Join(run, "qemu.pid"),
 		tpm:         filepath.Join(run, "tpm.sock"),
 		tpmPID:      filepath.Join(run, "swtpm.pid"),
+		consoleFIFO: filepath.Join(run, "console.fifo"),
 	}
 }
 
