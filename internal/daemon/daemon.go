@@ -84,7 +84,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(run, 0o711); err != nil {
 		return fmt.Errorf("create run dir: %w", err)
 	}
-	for _, d := range []string{filepath.Dir(run), run} {
+	// And the moves' run dir: QEMU listens and connects in a dir of each move's below it.
+	if err := os.MkdirAll(filepath.Join(run, "m"), 0o711); err != nil {
+		return fmt.Errorf("create run dir: %w", err)
+	}
+	for _, d := range []string{filepath.Dir(run), run, filepath.Join(run, "m")} {
 		if err := os.Chmod(d, 0o711); err != nil {
 			return err
 		}
