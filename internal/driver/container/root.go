@@ -163,8 +163,8 @@ func (d *Driver) mountedRoot(ctx context.Context, h *driver.Handle) (string, fun
 	return p.rootfs, func() error { return releaseRoot(p) }, nil
 }
 
-// releaseRoot unmounts an image root (a tree's symlink stays). Nothing of the container may be
-// left using it: another host may take the disk next.
+// releaseRoot unmounts a tree root's bind mount and an image root (a tree's symlink stays).
+// Nothing of the container may be left using it: another host may take the disk next.
 func releaseRoot(p paths) error {
 	if err := fsutil.Unmount(bindPath(p)); err != nil {
 		return err
