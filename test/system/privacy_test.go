@@ -53,6 +53,11 @@ func TestContainerRootsPrivate(t *testing.T) {
 		h.must("snapshot", "create", name, "s0")
 	}
 
+	// A volume attached to a container is mounted on the host: no more open than the root.
+	h.must("storage", "volume", "create", "default", "data1", "--size", "16MiB")
+	h.must("volume", "attach", "c-default", "data1", "/mnt/data")
+	h.sh("c-default", "echo secret > /mnt/data/secret; chmod 644 /mnt/data/secret; cp /bin/busybox /mnt/data/suid; chmod 4755 /mnt/data/suid; sync")
+
 	// Every place a container's files show on the host, checked as root first so that the test
 	// cannot pass by looking in the wrong place.
 	var files []string
@@ -68,6 +73,11 @@ func TestContainerRootsPrivate(t *testing.T) {
 			}
 		}
 	}
+	volumes, _ := filepath.Glob(filepath.Join(h.dir, "storage", "mounts", "*", "*", "data1", "secret"))
+	if len(volumes) != 1 {
+		t.Fatalf("the attached volume's file on the host: %v", volumes)
+	}
+	files = append(files, volumes...)
 	bundles, _ := filepath.Glob(filepath.Join(h.dir, "containers", "*", "rootfs*", "secret"))
 	if len(bundles) < len(pools) {
 		t.Fatalf("found %d containers' files through their bundles, want at least %d: %v", len(bundles), len(pools), bundles)
@@ -99,6 +109,12 @@ func TestContainerRootsPrivate(t *testing.T) {
 		h.must("restart", name)
 		if got := h.sh(name, "cat /secret; id -u"); got != "secret\n0" {
 			t.Fatalf("%s after a restart: %q", name, got)
+		}
+		if pool == "default" {
+			if got := h.sh(name, "cat /mnt/data/secret"); got != "secret" {
+				t.Fatalf("the volume in %s after a restart: %q", name, got)
+			}
+			h.must("volume", "detach", name, "data1")
 		}
 		h.must("delete", "--force", name)
 	}
