@@ -344,6 +344,21 @@ tun_device() {
 }
 
 # ---------------------------------------------------------------------------------------------------
+# The user tandemd runs QEMU as by default (--vm-user overrides): a system user with no home, no login
+# and no password, in the kvm group when there is one (for /dev/kvm).
+QEMU_USER=tandem-qemu
+qemu_user() {
+	if ! getent passwd $QEMU_USER >/dev/null; then
+		log "system user $QEMU_USER (QEMU runs as it)"
+		useradd --system --user-group --no-create-home --home-dir /nonexistent \
+			--shell /usr/sbin/nologin --comment "tandem QEMU" $QEMU_USER || die "cannot create user $QEMU_USER"
+	fi
+	if getent group kvm >/dev/null && ! id -nG $QEMU_USER | tr ' ' '\n' | grep -qx kvm; then
+		usermod -a -G kvm $QEMU_USER || die "cannot add $QEMU_USER to group kvm"
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------------
 # Lazy (post-copy) container moves: CRIU's page server on the source asks for a 4 MiB pipe, and tandemd
 # runs without CAP_SYS_RESOURCE on these hosts, so fs.pipe-max-size must allow it (CRIU 4.1.1 otherwise
 # fails every page transfer; tandem then moves without lazy pages and says why). Raised, never lowered,
@@ -366,6 +381,7 @@ install_packages
 install_criu
 install_guest_kernel
 tun_device
+qemu_user
 lazy_sysctls
 if [ $CHECK = 1 ]; then
 	log "CRIU check (scripts/check-criu.sh)"

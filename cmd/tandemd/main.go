@@ -12,11 +12,13 @@ import (
 
 	"tandem/internal/daemon"
 	"tandem/internal/driver/container"
+	"tandem/internal/driver/vm"
 )
 
 func main() {
 	// A container's shim is this binary re-executed: it must take over before anything else runs.
 	container.MaybeRunShim()
+	vm.MaybeRunConsoleLog()
 
 	var cfg daemon.Config
 	var logLevel string
@@ -28,7 +30,7 @@ func main() {
 	flag.BoolVar(&cfg.Recover, "recover", false, "re-adopt the instances a lost or replaced state.db no longer knows (from their record copies)")
 	flag.BoolVar(&cfg.DefaultNetwork, "default-network", true, "create the tandem0 network and give new instances a NIC on it")
 	flag.StringVar(&cfg.Accel, "accel", "auto", "VM accelerator: auto (KVM when usable), kvm or tcg")
-	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this unprivileged user (default: as root)")
+	flag.StringVar(&cfg.VMUser, "vm-user", "", "run QEMU as this user (default: tandem-qemu, made by scripts/setup.sh; root, with a warning, if it does not exist; \"root\" for root)")
 	flag.StringVar(&cfg.CRIU, "criu", "", "the criu binary for checkpoints and live container moves (default: criu in PATH or /usr/local/sbin)")
 	flag.DurationVar(&cfg.CRIUTimeout, "criu-timeout", 0, "base deadline of one CRIU dump or restore, plus 1s per 100 MiB of the container's memory (default 20s)")
 	idBase := flag.Uint("idmap-base", 1000000, "first host uid/gid of the ranges given to unprivileged containers")

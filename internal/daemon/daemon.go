@@ -47,7 +47,8 @@ type Config struct {
 	DefaultNetwork bool
 	// Accel is the VM accelerator: auto, kvm or tcg.
 	Accel string
-	// VMUser, if set, is the unprivileged user QEMU runs as (taps are made for it).
+	// VMUser is the user QEMU runs as (taps are made for it): "" for DefaultVMUser (root when it
+	// does not exist), "root" for root.
 	VMUser string
 	// IDMapBase is where container uid/gid ranges start; daemons sharing a machine need apart ones.
 	IDMapBase uint32
@@ -90,11 +91,16 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(run, 0o711); err != nil {
 		return fmt.Errorf("create run dir: %w", err)
 	}
-	for _, d := range []string{filepath.Dir(run), run} {
+	// And the moves' run dir: QEMU listens and connects in a dir of each move's below it.
+	if err := os.MkdirAll(filepath.Join(run, "m"), 0o711); err != nil {
+		return fmt.Errorf("create run dir: %w", err)
+	}
+	for _, d := range []string{filepath.Dir(run), run, filepath.Join(run, "m")} {
 		if err := os.Chmod(d, 0o711); err != nil {
 			return err
 		}
 	}
+	cfg.VMUser = vmUser(cfg.VMUser, lookupUser)
 	// The socket path must fit a sockaddr_un.
 	if len(SocketPath(cfg.Dir)) > 107 {
 		return fmt.Errorf("state dir %s is too long: the socket path must be under 108 bytes", cfg.Dir)

@@ -49,6 +49,10 @@ func registerDrivers(cfg Config, images driver.Images, networks *network.Manager
 			Images: images,
 			Accel:  cfg.Accel,
 			User:   cfg.VMUser,
+			// Beside the containers' cgroups: one parent bounds every instance of this daemon.
+			CgroupParent: cgroupParent(cfg.Dir),
+			// The daemon re-executes itself to keep each VM's console log capped.
+			ConsoleLogHelper: "/proc/self/exe",
 			// Without managed networks a VM gets QEMU's user-mode network.
 			UserNetwork: networks == nil,
 		}

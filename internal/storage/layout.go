@@ -77,6 +77,23 @@ func makeSkeleton(root string) error {
 			return err
 		}
 	}
+	return securePrivate(root)
+}
+
+// privateDirs hold container root trees: a host user who could reach them could read a container's
+// files and run a setuid binary its root planted there. They are 0700: a container reaches its
+// own root through its bundle (a bind mount there), never through the pool.
+func privateDirs(root string) []string {
+	return []string{filepath.Join(root, "volumes", TypeContainer), filepath.Join(root, "snapshots", TypeContainer)}
+}
+
+// securePrivate sets the private dirs' mode (pools made by earlier versions had them 0711).
+func securePrivate(root string) error {
+	for _, d := range privateDirs(root) {
+		if err := os.Chmod(d, 0o700); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -74,6 +74,14 @@ func NewManager(opts Options) (*Manager, error) {
 			return nil, err
 		}
 	}
+	// Volumes mounted for instances are host users' business no more than container roots are;
+	// containers get them by bind mounts that runc or the driver open as root.
+	if err := os.MkdirAll(filepath.Join(m.dir, "mounts"), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(filepath.Join(m.dir, "mounts"), 0o700); err != nil {
+		return nil, err
+	}
 	if err := m.loadPools(); err != nil {
 		return nil, err
 	}

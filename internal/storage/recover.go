@@ -41,6 +41,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 			if err = drv.mountPool(ctx, p); err != nil {
 				break
 			}
+			if err = securePrivate(p.Path); err != nil {
+				break
+			}
 			if why := m.poolProblem(p, drv); why != "" {
 				m.log.Warn("storage pool unavailable", "pool", p.Name, "why", why)
 				continue

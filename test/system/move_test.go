@@ -68,6 +68,7 @@ func newLabWith(t *testing.T, n int, hostFlags func(i int) []string) *lab {
 	l := &lab{t: t, shared: t.TempDir(), subnet: fmt.Sprintf("10.123.%d.0/24", n3), client: fmt.Sprintf("10.123.%d.250", n3)}
 	mustRun(t, "ip", "addr", "add", l.client+"/24", "dev", labBr)
 	os.Chmod(l.shared, 0o711)
+	os.Chmod(filepath.Dir(l.shared), 0o711) // QEMU runs as tandem-qemu: it must reach the pool
 	for i := 0; i < n; i++ {
 		mg, lk := fmt.Sprintf("m%s%d", id, i), fmt.Sprintf("l%s%d", id, i)
 		addr := fmt.Sprintf("198.18.%d.%d", n3, i+1)

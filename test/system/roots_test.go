@@ -279,6 +279,8 @@ func TestRootsTwoDaemonsOneSharedPool(t *testing.T) {
 	a := rootsDaemon(t)
 	b := rootsDaemon(t, "--idmap-base", "3000000")
 	shared := t.TempDir()
+	os.Chmod(shared, 0o711) // QEMU runs as tandem-qemu: it must reach the pool
+	os.Chmod(filepath.Dir(shared), 0o711)
 	os.Chmod(shared, 0o711)
 	a.must("storage", "pool", "create", "sh", "shared", "--source", shared)
 	b.must("storage", "pool", "create", "sh", "shared", "--source", shared)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -454,4 +455,54 @@ func TestVMGuestReboot(t *testing.T) {
 	if n := bytes.Count(console, []byte("tandem-init: start")); n != 2 {
 		t.Errorf("console shows %d boots, want 2", n)
 	}
+}
+
+// A guest that floods its serial console cannot fill the host: the console log rotates at 1 MiB to
+// console.log.1 (about 2 MiB kept), both the owner's alone, and the newest output is in the log.
+// The log is kept by a process of its own, which goes when QEMU does.
+func TestVMConsoleLogCapped(t *testing.T) {
+	requireRealDrivers(t)
+	h := startDaemon(t, "--accel", "tcg", "--network=false")
+	h.must("image", "build", "busybox")
+	h.must("launch", "busybox", "v1", "--vm")
+	waitAgent(t, h, "v1")
+	const flood = 2500000 // bytes, 2.4 MiB: two rotations
+	start := time.Now()
+	h.must("exec", "v1", "--", "sh", "-c",
+		fmt.Sprintf("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d > /dev/ttyS0; echo END-OF-FLOOD > /dev/ttyS0", flood))
+	logs, _ := filepath.Glob(filepath.Join(h.dir, "vm", "instances", "*", "console.log"))
+	if len(logs) != 1 {
+		t.Fatalf("console logs: %v", logs)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if b, _ := os.ReadFile(logs[0]); bytes.Contains(b, []byte("END-OF-FLOOD")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the end of the flood never reached the console log")
+		}
+	}
+	var total int64
+	for _, f := range []string{logs[0], logs[0] + ".1"} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", flood, err)
+		}
+		if fi.Size() > 1<<20 || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %d bytes, mode %v; want at most 1 MiB, 0600", f, fi.Size(), fi.Mode().Perm())
+		}
+		total += fi.Size()
+	}
+	t.Logf("the guest printed %d bytes in %s; the host keeps %d", flood, time.Since(start).Round(time.Millisecond), total)
+	h.must("stop", "v1", "--force")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, _ := exec.Command("pgrep", "-f", vm.ConsoleLogArg+" .*"+h.dir).Output()
+		if len(out) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the console log's process outlived QEMU: %s", out)
+		}
+	}
+	h.must("delete", "v1")
 }

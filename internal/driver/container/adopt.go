@@ -65,10 +65,12 @@ func (d *Driver) Adopt(ctx context.Context, h *driver.Handle, o AdoptOpts) (err 
 	if err := d.removeFiles(p); err != nil { // leftovers of an interrupted adopt
 		return err
 	}
-	if err := os.Mkdir(p.bundle, 0o711); err != nil {
+	if err := os.Mkdir(p.bundle, 0o700); err != nil {
 		return err
 	}
-	os.Chmod(p.bundle, 0o711)
+	if err := lockBundle(p, int(st.IDs.ToHost(0))); err != nil {
+		return err
+	}
 	switch {
 	case o.Rootfs != "":
 		if err := os.Symlink(o.Rootfs, p.rootfs); err != nil {

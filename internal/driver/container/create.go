@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -60,11 +59,9 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (_ *driver.Handl
 			}
 		}
 	}()
-	// 0711: the container's root, an unmapped uid on the host, must be able to traverse to its rootfs.
-	if err := os.Mkdir(p.bundle, 0o711); err != nil {
+	if err := os.Mkdir(p.bundle, 0o700); err != nil {
 		return nil, err
 	}
-	os.Chmod(p.bundle, 0o711)
 	st := &instState{ID: spec.ID, ShutdownSignal: info.ShutdownSignal, Image: spec.Image,
 		Fingerprint: info.Fingerprint, CreatedAt: time.Now().UTC()}
 	if spec.Config["security.privileged"] != "true" {
@@ -73,6 +70,9 @@ func (d *Driver) Create(ctx context.Context, spec *driver.Spec) (_ *driver.Handl
 			return nil, err
 		}
 		st.IDs = rootfs.IDMap{Base: r.Base, Size: r.Size}
+	}
+	if err := lockBundle(p, int(st.IDs.ToHost(0))); err != nil {
+		return nil, err
 	}
 	if spec.Root != nil {
 		progress.Report(ctx, 10, "preparing the root disk")
@@ -189,15 +189,9 @@ func (d *Driver) writeConfigWith(spec *driver.Spec, st *instState, lxcfs string,
 		return err
 	}
 	p := d.paths(spec.ID)
-	// runc refuses a rootfs path that is a symlink; a migrated container's rootfs may be one
-	// (to a shared pool's directory, see Adopt).
-	root, err := filepath.EvalSymlinks(p.rootfs)
-	if err != nil {
-		root = p.rootfs
-	}
 	in := specInput{
 		Hostname:    spec.Name,
-		Rootfs:      root,
+		Rootfs:      runcRoot(p),
 		CRIUConfig:  p.criuConf,
 		NetnsHook:   netnsHook,
 		IDs:         st.IDs,

@@ -75,6 +75,9 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 			}
 		}
 	}()
+	if err := lockBundle(p, int(st.IDs.ToHost(0))); err != nil {
+		return err
+	}
 	if h.Spec.Root != nil {
 		progress.Report(ctx, 5, "mounting the root disk")
 		if err := d.readyRoot(ctx, h, st, false); err != nil {

@@ -16,6 +16,10 @@ import (
 
 // Roots on storage pools (Spec.Root) are used in place: <bundle>/rootfs is a symlink to a dir or
 // btrfs tree, or the mount point of an ext4 image, mounted from Start until the container stops.
+// The pool keeps container trees in 0700 dirs so that host users cannot reach them, and so the
+// container's root (an unmapped uid on the host, which runc's init is when it mounts the rootfs)
+// cannot either: runc gets the tree through a bind mount at <bundle>/rootfs.bind, from Start until
+// the container stops, and the bundle is traversable by the container's root alone (lockBundle).
 // The files are owned by the container's host id range, as in a copied rootfs: shifted in place
 // at Create, and again at Start if they carry another range (another host of a shared pool shifted
 // them to its own).
@@ -62,11 +66,6 @@ func (d *Driver) readyRoot(ctx context.Context, h *driver.Handle, st *instState,
 	if err := checkRoot(r); err != nil {
 		return err
 	}
-	if r.Format != driver.RootExt4 && !st.IDs.Identity() {
-		if why := checkTraversable(filepath.Dir(r.Path)); why != "" {
-			return errdefs.Unavailable("container %s: root disk: %s", h.ID, why)
-		}
-	}
 	if err := placeRoot(p, r); err != nil {
 		return err
 	}
@@ -75,7 +74,42 @@ func (d *Driver) readyRoot(ctx context.Context, h *driver.Handle, st *instState,
 			return fmt.Errorf("container %s: root disk: %w", h.ID, err)
 		}
 	}
+	if r.Format != driver.RootExt4 && !fsutil.MountedAt(bindPath(p)) {
+		if err := os.Mkdir(bindPath(p), 0o700); err != nil && !os.IsExist(err) {
+			return err
+		}
+		if err := unix.Mount(r.Path, bindPath(p), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("container %s: bind mount the root disk: %w", h.ID, err)
+		}
+	}
 	return d.ownRoot(ctx, p, st, fresh)
+}
+
+// bindPath is where a tree root is bind-mounted for runc while the container runs.
+func bindPath(p paths) string { return filepath.Join(p.bundle, "rootfs.bind") }
+
+// runcRoot is the rootfs path runc is given: the bind mount of a tree root (runc refuses a
+// symlink, and the tree's own path is not reachable by the container's root), else the rootfs.
+func runcRoot(p paths) string {
+	if fsutil.MountedAt(bindPath(p)) {
+		return bindPath(p)
+	}
+	if real, err := filepath.EvalSymlinks(p.rootfs); err == nil {
+		return real
+	}
+	return p.rootfs
+}
+
+// lockBundle makes the bundle traversable by the container's root alone (hostRoot on the host,
+// 0 for a privileged container): mode 0110, owner hostRoot, group root. The group's search bit is
+// for CRIU's restored task, which reads its images in the bundle as uid 0 of a user namespace
+// that has no id map yet (see prepareImages). Called at create, adopt and every start: the
+// container's id range can change (its root shifted to another range).
+func lockBundle(p paths, hostRoot int) error {
+	if err := os.Chown(p.bundle, hostRoot, 0); err != nil {
+		return err
+	}
+	return os.Chmod(p.bundle, 0o110)
 }
 
 // ownRoot shifts the tree at <bundle>/rootfs into st's id range from the range its root directory
@@ -129,9 +163,15 @@ func (d *Driver) mountedRoot(ctx context.Context, h *driver.Handle) (string, fun
 	return p.rootfs, func() error { return releaseRoot(p) }, nil
 }
 
-// releaseRoot unmounts an image root (a tree's symlink stays). Nothing of the container may be
-// left using it: another host may take the disk next.
+// releaseRoot unmounts a tree root's bind mount and an image root (a tree's symlink stays).
+// Nothing of the container may be left using it: another host may take the disk next.
 func releaseRoot(p paths) error {
+	if err := fsutil.Unmount(bindPath(p)); err != nil {
+		return err
+	}
+	if err := os.Remove(bindPath(p)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
 	if fi, err := os.Lstat(p.rootfs); err != nil || !fi.IsDir() {
 		return nil
 	}

@@ -21,6 +21,12 @@ func (d *Driver) AddDisk(ctx context.Context, h *driver.Handle, name string, dis
 	if err := d.canHotplug(h, "disk "+name); err != nil {
 		return err
 	}
+	if err := d.giveFile(disk.Source); err != nil {
+		return fmt.Errorf("vm: disk %s: handing it to the qemu user: %w", name, err)
+	}
+	if err := d.checkReachable(ctx, disk.Source); err != nil {
+		return err
+	}
 	return d.qmpRunning(ctx, h, func(c *qmp.Client) error {
 		err := c.BlockdevAdd(ctx, map[string]any{"driver": format, "node-name": node, "read-only": disk.ReadOnly,
 			"file": map[string]any{"driver": "file", "filename": disk.Source}})

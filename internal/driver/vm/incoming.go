@@ -115,6 +115,9 @@ func (d *Driver) PrepareIncoming(ctx context.Context, h *driver.Handle, opts Inc
 			return IncomingInfo{}, err
 		}
 	}
+	if err := d.shareAddrs(opts.Listen, opts.NBDListen); err != nil {
+		return IncomingInfo{}, err
+	}
 	progress.Report(ctx, 20, "starting qemu for the incoming migration")
 	pid, c, err := d.launch(ctx, h, cfg, p, func(qc *qemucmd.Config) {
 		qc.Incoming = "defer"

@@ -108,9 +108,10 @@ func (d *Driver) afterExit(ctx context.Context, h *driver.Handle, p paths) {
 			d.opts.Networks.TeardownTap(ctx, h, name)
 		}
 	}
-	for _, f := range []string{p.qmp, p.console, p.agent, p.pidfile, p.tpm, p.tpmPID} {
+	for _, f := range []string{p.qmp, p.console, p.agent, p.pidfile, p.tpm, p.tpmPID, p.consoleFIFO} {
 		os.Remove(f)
 	}
+	d.removeCgroup(h.ID)
 	setState(h, handleState{})
 }
 

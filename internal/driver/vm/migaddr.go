@@ -3,7 +3,10 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -36,6 +39,25 @@ func parseAddr(s string) (sockAddr, error) {
 		}
 	}
 	return sockAddr{}, errdefs.Invalid("vm: address %q: want tcp:HOST:PORT (a port other than 0) or unix:PATH", s)
+}
+
+// shareAddrs lets QEMU's user use unix socket addresses the daemon chose: listen in their
+// directories (QEMU makes and unlinks the socket) and connect to sockets already there (the
+// tunnels of a move). tcp addresses and "" need nothing.
+func (d *Driver) shareAddrs(addrs ...string) error {
+	for _, s := range addrs {
+		a, err := parseAddr(s)
+		if s == "" || err != nil || a.unix == "" {
+			continue
+		}
+		if err := d.giveFile(filepath.Dir(a.unix)); err != nil {
+			return fmt.Errorf("vm: handing %s to the qemu user: %w", filepath.Dir(a.unix), err)
+		}
+		if err := d.giveFile(a.unix); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("vm: handing %s to the qemu user: %w", a.unix, err)
+		}
+	}
+	return nil
 }
 
 // flat is QAPI's SocketAddress (blockdev-add's nbd server).

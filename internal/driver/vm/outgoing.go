@@ -117,6 +117,9 @@ func (d *Driver) MigrateOut(ctx context.Context, h *driver.Handle, opts MigrateO
 	if _, err := parseAddr(opts.URI); err != nil {
 		return MigrationResult{}, err
 	}
+	if err := d.shareAddrs(opts.URI, opts.NBD); err != nil {
+		return MigrationResult{}, err
+	}
 	if d.qemuPID(p) == 0 {
 		return MigrationResult{}, driver.ErrNotRunning
 	}

@@ -21,6 +21,11 @@ import (
 // process lives it reaps the child; the returned channel closes when the child has exited.
 // It runs as Options.User when one is set.
 func (d *Driver) spawn(bin string, args []string, logPath string) (int, <-chan struct{}, error) {
+	return d.spawnAs(d.cred, bin, args, logPath)
+}
+
+// spawnAs is spawn as the user cred names (nil: the daemon's).
+func (d *Driver) spawnAs(cred *syscall.Credential, bin string, args []string, logPath string) (int, <-chan struct{}, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, nil, err
@@ -31,7 +36,7 @@ func (d *Driver) spawn(bin string, args []string, logPath string) (int, <-chan s
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: d.cred}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return 0, nil, err
 	}

@@ -91,11 +91,25 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 	if adjust != nil {
 		adjust(&qc)
 	}
+	// QEMU would make the console log 0644: it holds whatever the guest printed.
+	if err := ensureFile(p.consoleLog, 0o600); err != nil {
+		return 0, nil, err
+	}
 	if err := d.handOver(p, cfg); err != nil {
 		return 0, nil, fmt.Errorf("vm: handing files to the qemu user: %w", err)
 	}
+	if err := d.checkReachable(ctx, cfg.diskPath(p)); err != nil {
+		return 0, nil, err
+	}
+	logTo, logPID, release, err := d.startConsoleLog(p)
+	if err != nil {
+		return 0, nil, err
+	}
+	reverts = append(reverts, release)
+	qc.ConsoleLog = logTo
+	tpmPID := 0
 	if qc.TPMSocket != "" {
-		if err := d.startSwtpm(ctx, p); err != nil {
+		if tpmPID, err = d.startSwtpm(ctx, p); err != nil {
 			return 0, nil, err
 		}
 	}
@@ -109,6 +123,11 @@ func (d *Driver) launch(ctx context.Context, h *driver.Handle, cfg instanceConfi
 		return 0, nil, fmt.Errorf("vm: starting qemu: %w", err)
 	}
 	reverts = append(reverts, func() { d.kill(pid, p.qmp) })
+	// QEMU's helpers (the console log's drain, swtpm) go with it: out of the daemon's cgroup, which
+	// a service manager may kill whole when the daemon restarts.
+	if err := d.joinCgroup(h.ID, qemuLimits(qc, h.Spec.Config["limits.cpu"] != ""), pid, logPID, tpmPID); err != nil {
+		return 0, nil, fmt.Errorf("vm: cgroup: %w", err)
+	}
 	c, err := waitQMP(ctx, p, exited, qmpStartTimeout)
 	if err != nil {
 		return 0, nil, err
@@ -246,35 +265,46 @@ func (d *Driver) setupNICs(ctx context.Context, h *driver.Handle) ([]qemucmd.NIC
 	return nics, nil
 }
 
-// startSwtpm runs a TPM 2.0 emulator for the VM; --terminate makes it exit with QEMU.
-func (d *Driver) startSwtpm(ctx context.Context, p paths) error {
+// startSwtpm runs a TPM 2.0 emulator for the VM and returns its pid; --terminate makes it exit
+// with QEMU.
+func (d *Driver) startSwtpm(ctx context.Context, p paths) (int, error) {
 	if err := os.MkdirAll(p.tpmState, 0o700); err != nil {
-		return err
+		return 0, err
 	}
 	args := []string{"socket", "--tpm2", "--terminate",
 		"--tpmstate", "dir=" + p.tpmState,
 		"--ctrl", "type=unixio,path=" + p.tpm,
 		"--pid", "file=" + p.tpmPID,
 		"--flags", "startup-clear"}
-	_, exited, err := d.spawn(d.opts.Swtpm, args, p.swtpmLog)
+	pid, exited, err := d.spawn(d.opts.Swtpm, args, p.swtpmLog)
 	if err != nil {
-		return errdefs.Unavailable("vm: swtpm: %v (install swtpm for Windows VMs)", err)
+		return 0, errdefs.Unavailable("vm: swtpm: %v (install swtpm for Windows VMs)", err)
 	}
 	deadline := time.After(swtpmStartTimeout)
 	for {
 		if _, err := os.Stat(p.tpm); err == nil {
-			return nil
+			return pid, nil
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("vm: swtpm exited at start-up: %s", logTail(p.swtpmLog))
+			return 0, fmt.Errorf("vm: swtpm exited at start-up: %s", logTail(p.swtpmLog))
 		case <-deadline:
-			return fmt.Errorf("vm: swtpm hung: no socket after %v", swtpmStartTimeout)
+			return 0, fmt.Errorf("vm: swtpm hung: no socket after %v", swtpmStartTimeout)
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// ensureFile makes path exist with mode perm (an existing file keeps its contents).
+func ensureFile(path string, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, perm)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Chmod(path, perm)
 }
 
 func isUUID(s string) bool {

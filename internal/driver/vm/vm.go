@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"tandem/internal/agent"
 	"tandem/internal/driver"
@@ -68,6 +69,14 @@ type Options struct {
 	// User, if set, is the unprivileged user QEMU and swtpm run as (its "kvm" group is added for
 	// /dev/kvm); the instance's files are handed to it at start. Empty: the daemon's own user.
 	User string
+	// CgroupParent, if set, puts each QEMU in the cgroup /CgroupParent/<id> with the VM's limits.
+	CgroupParent string
+	// ConsoleLogHelper, if set, is the executable run with ConsoleLogArg as its first argument to
+	// keep a VM's console log capped at ConsoleLogMax (default logfile.DefaultMax), rotated to
+	// console.log.1; the daemon re-executes itself (its main calls MaybeRunConsoleLog). Unset,
+	// QEMU writes the log itself, uncapped.
+	ConsoleLogHelper string
+	ConsoleLogMax    int64
 }
 
 // Driver is the QEMU driver.
@@ -171,7 +180,7 @@ func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 		return err
 	}
 	if cfg.Disk != "" {
-		if err := os.Chown(cfg.Disk, uid, gid); err != nil {
+		if err := d.giveFile(cfg.Disk); err != nil {
 			return err
 		}
 	}
@@ -181,6 +190,33 @@ func (d *Driver) handOver(p paths, cfg instanceConfig) error {
 		}
 		return os.Lchown(path, uid, gid)
 	})
+}
+
+// giveFile hands a disk QEMU opens by name (a root disk outside the instance dir, a volume
+// attached while it runs) to QEMU's user, as libvirt's dynamic ownership does.
+func (d *Driver) giveFile(path string) error {
+	if d.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(d.cred.Uid), int(d.cred.Gid))
+}
+
+// checkReachable fails clearly when QEMU's user cannot open path read-write: a directory above it
+// that it may not search (a shared pool mounted 0700) would otherwise make QEMU fail with a bare
+// "Permission denied". It asks the kernel, as that user.
+func (d *Driver) checkReachable(ctx context.Context, path string) error {
+	if d.cred == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "test", "-r", path, "-a", "-w", path)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: d.cred}
+	if err := cmd.Run(); err != nil {
+		return errdefs.Unavailable("vm: QEMU's user %s cannot open %s: every directory above it must be searchable by that user (chmod o+x)", d.opts.User, path)
+	}
+	return nil
 }
 
 // Info reports whether QEMU and the guest kernel are here.
@@ -224,6 +260,7 @@ type paths struct {
 	config, overlay, consoleLog, qemuLog      string
 	vars, tpmState, firmwareLog, swtpmLog     string
 	qmp, console, agent, pidfile, tpm, tpmPID string
+	consoleFIFO                               string
 }
 
 func (d *Driver) paths(id string) paths {
@@ -244,6 +281,7 @@ func (d *Driver) paths(id string) paths {
 		pidfile:     filepath.Join(run, "qemu.pid"),
 		tpm:         filepath.Join(run, "tpm.sock"),
 		tpmPID:      filepath.Join(run, "swtpm.pid"),
+		consoleFIFO: filepath.Join(run, "console.fifo"),
 	}
 }
 

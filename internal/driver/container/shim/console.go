@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"tandem/internal/logfile"
 )
 
 // consoleReceiver listens on the socket runc hands the pty master to (--console-socket).
@@ -79,7 +81,7 @@ func (r *consoleReceiver) close() {
 // client goes to the pty.
 type console struct {
 	master  *os.File
-	log     *rotatingLog
+	log     *logfile.Rotating
 	mu      sync.Mutex
 	clients map[*client]bool
 	ln      *net.UnixListener
@@ -92,7 +94,7 @@ type client struct {
 }
 
 func newConsole(master *os.File, logPath string, logMax int64) (*console, error) {
-	log, err := openLog(logPath, logMax)
+	log, err := logfile.Open(logPath, logMax)
 	if err != nil {
 		return nil, err
 	}
@@ -204,39 +206,3 @@ func (c *console) drain(d time.Duration) {
 	c.log.Close()
 	c.master.Close()
 }
-
-// rotatingLog appends to a file and, past max bytes, moves it to path.1 and starts again.
-type rotatingLog struct {
-	path string
-	max  int64
-	f    *os.File
-	size int64
-}
-
-func openLog(path string, max int64) (*rotatingLog, error) {
-	if max <= 0 {
-		max = 1 << 20
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("console log: %w", err)
-	}
-	st, _ := f.Stat()
-	return &rotatingLog{path: path, max: max, f: f, size: st.Size()}, nil
-}
-
-func (l *rotatingLog) Write(b []byte) {
-	if l.size+int64(len(b)) > l.max {
-		l.f.Close()
-		os.Rename(l.path, l.path+".1")
-		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return
-		}
-		l.f, l.size = f, 0
-	}
-	n, _ := l.f.Write(b)
-	l.size += int64(n)
-}
-
-func (l *rotatingLog) Close() { l.f.Close() }

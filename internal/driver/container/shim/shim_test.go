@@ -2,29 +2,12 @@ package shim
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
-
-func TestRotatingLog(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "console.log")
-	l, err := openLog(path, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Write([]byte("123456"))
-	l.Write([]byte("abcdef")) // would pass 10: rotates first
-	l.Close()
-	old, _ := os.ReadFile(path + ".1")
-	cur, _ := os.ReadFile(path)
-	if string(old) != "123456" || string(cur) != "abcdef" {
-		t.Fatalf("old %q current %q", old, cur)
-	}
-}
 
 // The kernel ABI structs must have the sizes the ioctls encode.
 func TestNotifStructSizes(t *testing.T) {
