@@ -68,8 +68,15 @@ func (d *Driver) checkpoint(ctx context.Context, h *driver.Handle, st *instState
 	progress.Report(ctx, 10, "checkpointing")
 	ro := runc.CheckpointOpts{ImagePath: p.checkpoint, LeaveRunning: opts.LeaveRunning, TCPEstablished: opts.TCPEstablished}
 	if err := d.dumpImages(ctx, h, st, ro); err != nil {
-		os.RemoveAll(p.checkpoint)
-		return err
+		// A dump that failed (or was killed) after CRIU had written every image and ended the
+		// tasks has the container's only state in them: keep them for the next Start.
+		status, serr := d.State(context.WithoutCancel(ctx), h)
+		if opts.LeaveRunning || serr != nil || status != driver.StatusStopped || !fileExists(filepath.Join(p.checkpoint, "inventory.img")) {
+			os.RemoveAll(p.checkpoint)
+			return err
+		}
+		slog.Warn("checkpoint: CRIU failed after it had dumped and stopped the container; keeping its images for the next start",
+			"container", h.ID, "err", err)
 	}
 	if !opts.LeaveRunning {
 		if err := d.cleanupRuntime(ctx, h.ID); err != nil {
