@@ -71,7 +71,8 @@ func (d *Driver) checkpoint(ctx context.Context, h *driver.Handle, st *instState
 		// A dump that failed (or was killed) after CRIU had written every image and ended the
 		// tasks has the container's only state in them: keep them for the next Start.
 		status, serr := d.State(context.WithoutCancel(ctx), h)
-		if opts.LeaveRunning || serr != nil || status != driver.StatusStopped || !fileExists(filepath.Join(p.checkpoint, "inventory.img")) {
+		if opts.LeaveRunning || serr != nil || status != driver.StatusStopped || !fileExists(filepath.Join(p.checkpoint, "inventory.img")) ||
+			finishImages(p.checkpoint, st) != nil {
 			os.RemoveAll(p.checkpoint)
 			return err
 		}
