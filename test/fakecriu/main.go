@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -27,6 +28,9 @@ type config struct {
 	// a `criu dump` run directly (as the driver's probe does).
 	Hangs    int  `json:"hangs"`
 	SwrkOnly bool `json:"swrk_only"`
+	// After runs the real dump to its end first, then hangs (a criu that never exits after it
+	// wrote every image and ended the tasks).
+	After bool `json:"after"`
 	// Log gets a line per call, "<what> CRIU_FAULT=<value>"; "hang" lines count the hangs.
 	Log string `json:"log"`
 }
@@ -62,6 +66,15 @@ func main() {
 		}
 	}
 	if dump && pid > 0 && takeHang(c) {
+		if c.After {
+			real := exec.Command(c.Real, os.Args[1:]...)
+			real.Stdin, real.Stdout, real.Stderr = os.Stdin, os.Stdout, os.Stderr
+			real.ExtraFiles = []*os.File{os.NewFile(3, "swrk")} // runc's socket, when it has one
+			real.Run()
+			for {
+				time.Sleep(time.Hour) // (select{} with nothing else running is a deadlock exit)
+			}
+		}
 		hang(pid)
 	}
 	logCall(c.Log, strings.Join(os.Args[1:], " "))

@@ -19,7 +19,7 @@ import (
 
 // fakeCRIU builds test/fakecriu, configured to hang in the first hangs dumps (-1: all; swrkOnly:
 // only those runc asks for, not the probe's), and returns it with its call log.
-func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
+func fakeCRIU(t *testing.T, hangs int, swrkOnly bool, after ...bool) (bin, log string) {
 	t.Helper()
 	real := findCRIU("")
 	if real == "" {
@@ -38,7 +38,7 @@ func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build fakecriu: %v\n%s", err, out)
 	}
-	conf, _ := json.Marshal(map[string]any{"real": real, "hangs": hangs, "swrk_only": swrkOnly, "log": log})
+	conf, _ := json.Marshal(map[string]any{"real": real, "hangs": hangs, "swrk_only": swrkOnly, "log": log, "after": len(after) > 0 && after[0]})
 	if err := os.WriteFile(bin+".json", conf, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +107,31 @@ func TestDumpHangRetried(t *testing.T) {
 	}
 	if !strings.Contains(string(calls), "hang CRIU_FAULT=\n") || !strings.Contains(string(calls), "CRIU_FAULT=130") {
 		t.Errorf("want a hang, then a retry with breakpoints off (CRIU_FAULT=130); calls:\n%s", calls)
+	}
+	before, _ := readCount(e, h)
+	if err := e.d.Start(ctx, h); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	out, _ := e.run(t, h, "cat /root/count")
+	if after := strings.TrimSpace(out); atoi(after) <= atoi(before) || atoi(after) > atoi(before)+20 {
+		t.Fatalf("counter before %q after %q: not continued", before, after)
+	}
+}
+
+// A criu that hangs after it wrote every image and ended the tasks: the stateful stop keeps the
+// images, and the next start restores the container with its counter going on.
+func TestDumpHangAfterImagesKeepsState(t *testing.T) {
+	bin, _ := fakeCRIU(t, 1, true, true)
+	e := newEnv(t, func(o *Options) { o.CRIU, o.CRIUTimeout = bin, 3*time.Second })
+	h := e.launch(t, "hanga", nil)
+	startCounter(t, e, h)
+	ctx := bounded(t)
+	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
+		t.Fatalf("stateful stop whose criu hung after the dump: %v", err)
+	}
+	if has, _ := e.d.HasCheckpoint(ctx, h); !has {
+		t.Fatal("the images were not kept")
 	}
 	before, _ := readCount(e, h)
 	if err := e.d.Start(ctx, h); err != nil {
