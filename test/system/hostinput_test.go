@@ -31,11 +31,13 @@ func TestNetworkHostInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for _, n := range m.List(context.Background()) {
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Minute)
+		defer ccancel()
+		for _, n := range m.List(cctx) {
 			for _, l := range n.Leases {
-				m.Detach(context.Background(), n.Name, l.Instance, l.NIC)
+				m.Detach(cctx, n.Name, l.Instance, l.NIC)
 			}
-			m.Delete(context.Background(), n.Name)
+			m.Delete(cctx, n.Name)
 		}
 	})
 	closed, err := m.EnsureDefault(ctx)

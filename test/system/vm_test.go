@@ -350,7 +350,7 @@ func TestVMWindowsProfileReachesFirmware(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.d.Delete(context.Background(), h)
+	defer e.d.Delete(e.ctx(time.Minute), h)
 	if err := e.d.Start(e.ctx(time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
