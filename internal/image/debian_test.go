@@ -18,6 +18,7 @@ import (
 	"tandem/internal/driver/vm/vmtest"
 	"tandem/internal/image"
 	"tandem/internal/progress"
+	"tandem/internal/testenv"
 )
 
 // TestDebianImage runs debootstrap from the host's mirror (minutes; skipped in -short) and checks
@@ -34,7 +35,7 @@ func TestDebianImage(t *testing.T) {
 	}
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		if _, err := os.Stat("/usr/sbin/debootstrap"); err != nil {
-			t.Skip("skipping: debootstrap is not installed; run scripts/setup.sh")
+			testenv.Missing(t, "debootstrap is not installed; run scripts/setup.sh")
 		}
 	}
 	mirror := image.FindDebianMirror("/", "bookworm")

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"tandem/internal/testenv"
 	"testing"
 	"time"
 )
@@ -31,7 +32,7 @@ func pipeTunnel(t *testing.T, dst string) func(context.Context) (io.ReadWriteClo
 func TestRsyncThroughTunnelKeepsTreeAndDeletes(t *testing.T) {
 	for _, tool := range []string{"rsync", "socat"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+			testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -93,7 +94,7 @@ func TestRsyncThroughTunnelKeepsTreeAndDeletes(t *testing.T) {
 func TestRsyncServersSideBySide(t *testing.T) {
 	for _, tool := range []string{"rsync", "socat"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+			testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

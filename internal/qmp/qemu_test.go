@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"tandem/internal/qmp"
+	"tandem/internal/testenv"
 )
 
 // qemuProc is a real QEMU started for a test; it is killed at cleanup.
@@ -26,7 +27,7 @@ func startQEMU(t *testing.T, ctx context.Context, args ...string) *qemuProc {
 	t.Helper()
 	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skipf("skipping: qemu-system-x86_64 not installed (%v)", err)
+		testenv.Missing(t, "qemu-system-x86_64 not installed (%v)", err)
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")

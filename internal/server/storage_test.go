@@ -22,6 +22,7 @@ import (
 	"tandem/internal/operations"
 	"tandem/internal/storage"
 	"tandem/internal/store"
+	"tandem/internal/testenv"
 )
 
 // storageAPI is a server with a real storage.Manager under t.TempDir(), reachable both by raw HTTP
@@ -142,7 +143,7 @@ func storageHasTool(names ...string) (missing string) {
 func storageNeedTools(t *testing.T, names ...string) {
 	t.Helper()
 	if n := storageHasTool(names...); n != "" {
-		t.Skipf("skipped: needs %s (scripts/setup.sh installs it)", n)
+		testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", n)
 	}
 }
 

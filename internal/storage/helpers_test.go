@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"tandem/internal/testenv"
 	"testing"
 	"time"
 )
@@ -68,7 +69,7 @@ func needTool(t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := lookTool(n); err != nil {
-			t.Skipf("needs %s (scripts/setup.sh installs it)", n)
+			testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", n)
 		}
 	}
 }

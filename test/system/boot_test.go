@@ -15,6 +15,7 @@ import (
 	"tandem/api"
 	"tandem/internal/daemon"
 	"tandem/internal/image"
+	"tandem/internal/testenv"
 )
 
 // A container whose init dies at once fails its launch, with the console's last lines in the
@@ -99,7 +100,7 @@ func requireDebianMirror(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		if _, err := os.Stat("/usr/sbin/debootstrap"); err != nil {
-			t.Skip("debootstrap is not installed (scripts/setup.sh installs it)")
+			testenv.Missing(t, "debootstrap is not installed (scripts/setup.sh installs it)")
 		}
 	}
 	mirror := image.FindDebianMirror("/", "bookworm")

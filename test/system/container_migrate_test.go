@@ -24,6 +24,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/container"
 	"tandem/internal/driver/container/containertest"
+	"tandem/internal/testenv"
 )
 
 // migEnv is two drivers ("host A" and "host B") sharing an image, a bridge and DHCP.
@@ -43,7 +44,7 @@ func newMigEnv(t *testing.T) *migEnv {
 	requireCheckpoint(t)
 	for _, tool := range []string{"dnsmasq", "nsenter", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed", tool)
+			testenv.Missing(t, "%s is not installed", tool)
 		}
 	}
 	m := &migEnv{t: t, base: e.base}

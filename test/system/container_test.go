@@ -24,6 +24,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/container"
 	"tandem/internal/image"
+	"tandem/internal/testenv"
 )
 
 // The test binary doubles as the container shim (the driver re-executes /proc/self/exe) and as
@@ -59,10 +60,10 @@ func needContainers(t *testing.T) {
 		t.Skip("skipping: container tests need root")
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("skipping: runc is not installed (scripts/setup.sh installs it)")
+		testenv.Missing(t, "runc is not installed (scripts/setup.sh installs it)")
 	}
 	if _, err := os.Stat(image.DefaultBusybox); err != nil {
-		t.Skip("skipping: busybox-static is not installed (scripts/setup.sh installs it)")
+		testenv.Missing(t, "busybox-static is not installed (scripts/setup.sh installs it)")
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"tandem/internal/driver/vm/vmtest"
 	"tandem/internal/image"
 	"tandem/internal/image/imagetest"
+	"tandem/internal/testenv"
 )
 
 // diskBootDeadline bounds a disk image's boot to its marker under TCG: firmware, boot loader and
@@ -78,7 +79,7 @@ func requireDiskImages(t *testing.T, firmware string) {
 	imagetest.Require(t, firmware)
 	if firmware == image.FirmwareUEFI {
 		if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
-			t.Skip("skipping: no OVMF (ovmf package)")
+			testenv.Missing(t, "no OVMF (ovmf package)")
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // The whole control plane through the CLI, with the fake driver: launch, list in three formats, stop,
@@ -175,7 +176,7 @@ func TestImageRoundTrip(t *testing.T) {
 func requireBusybox(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox-static is not installed (scripts/setup.sh installs it)")
+		testenv.Missing(t, "busybox-static is not installed (scripts/setup.sh installs it)")
 	}
 }
 

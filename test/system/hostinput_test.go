@@ -12,6 +12,7 @@ import (
 
 	"tandem/internal/network"
 	"tandem/internal/network/nettest"
+	"tandem/internal/testenv"
 )
 
 // TestNetworkHostInput: an instance on a managed network reaches only DHCP, DNS and ping on its
@@ -121,7 +122,7 @@ func TestContainerCannotReachHostAPI(t *testing.T) {
 	}
 	for _, tool := range []string{"runc", "dnsmasq", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+			testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
 		}
 	}
 	requireBusybox(t)

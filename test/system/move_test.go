@@ -16,6 +16,7 @@ import (
 
 	"tandem/api"
 	"tandem/internal/driver/container/containertest"
+	"tandem/internal/testenv"
 )
 
 // A lab of hosts on this machine, as `tandem move` sees real ones: a network namespace per host
@@ -53,7 +54,7 @@ func newLabWith(t *testing.T, n int, hostFlags func(i int) []string) *lab {
 	t.Helper()
 	requireRealDrivers(t)
 	if _, err := exec.LookPath("rsync"); err != nil {
-		t.Skip("rsync is not installed (scripts/setup.sh installs it)")
+		testenv.Missing(t, "rsync is not installed (scripts/setup.sh installs it)")
 	}
 	id := fmt.Sprintf("%04d", time.Now().UnixNano()/1000%10000)
 	labBr, mgBr := "tl"+id, "tm"+id

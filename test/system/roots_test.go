@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // Instance root disks on storage pools, through the CLI: btrfs clones and quotas, ext4 roots on a
@@ -25,7 +26,7 @@ func rootsDaemon(t *testing.T, flags ...string) *daemonHarness {
 	requireRealDrivers(t)
 	for _, tool := range []string{"mkfs.ext4", "qemu-img"} {
 		if _, err := storLook(tool); err != nil {
-			t.Skipf("needs %s (scripts/setup.sh installs it)", tool)
+			testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", tool)
 		}
 	}
 	var h *daemonHarness

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // requireRealDrivers skips unless this machine can run real containers and VMs.
@@ -23,12 +24,12 @@ func requireRealDrivers(t *testing.T) {
 	for _, tool := range []string{"runc", "qemu-system-x86_64", "ip", "dnsmasq"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
-				t.Skipf("%s is not installed (scripts/setup.sh installs it)", tool)
+				testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
 			}
 		}
 	}
 	if _, err := os.Stat("/usr/local/share/tandem/guest/vmlinux"); err != nil {
-		t.Skip("the guest kernel is not installed (scripts/setup.sh installs it)")
+		testenv.Missing(t, "the guest kernel is not installed (scripts/setup.sh installs it)")
 	}
 	requireBusybox(t)
 }

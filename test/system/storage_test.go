@@ -15,6 +15,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/storage"
+	"tandem/internal/testenv"
 )
 
 // TestStorage drives internal/storage against real btrfs, ext4 and loop devices. It needs root and
@@ -25,7 +26,7 @@ func TestStorage(t *testing.T) {
 	}
 	for _, tool := range []string{"btrfs", "mkfs.btrfs", "mkfs.ext4", "resize2fs", "e2fsck", "losetup", "mount", "qemu-img"} {
 		if _, err := storLook(tool); err != nil {
-			t.Skipf("storage system test needs %s (scripts/setup.sh installs it)", tool)
+			testenv.Missing(t, "storage system test needs %s (scripts/setup.sh installs it)", tool)
 		}
 	}
 	if exec.Command("modprobe", "btrfs").Run(); !strings.Contains(storRead("/proc/filesystems"), "btrfs") {

@@ -17,6 +17,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/vm"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/testenv"
 )
 
 // vmBootDeadline bounds a boot to the agent under TCG (about 2-4 s normally): past it the guest hung.
@@ -339,10 +340,10 @@ func processesMentioning(s string) []string {
 func TestVMWindowsProfileReachesFirmware(t *testing.T) {
 	e := newVMEnv(t)
 	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"); err != nil {
-		t.Skip("skipping: no OVMF (ovmf package)")
+		testenv.Missing(t, "no OVMF (ovmf package)")
 	}
 	if _, err := execLook("swtpm"); err != nil {
-		t.Skip("skipping: swtpm is not installed")
+		testenv.Missing(t, "swtpm is not installed")
 	}
 	spec := &driver.Spec{ID: uuid.NewString(), Name: "win1", Type: "vm", Image: "busybox",
 		Config: map[string]string{"image.os": "windows", "limits.memory": "512MiB"}}

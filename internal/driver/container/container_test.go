@@ -16,6 +16,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/container/containertest"
 	"tandem/internal/driver/drivertest"
+	"tandem/internal/testenv"
 )
 
 // The test binary is also the shim: the driver re-executes /proc/self/exe with ShimArg.
@@ -49,10 +50,10 @@ func needRuntime(t *testing.T) {
 		t.Skip("skipping: the container driver needs root")
 	}
 	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("skipping: runc is not installed")
+		testenv.Missing(t, "runc is not installed")
 	}
 	if _, err := os.Stat(containertest.Busybox); err != nil {
-		t.Skip("skipping: busybox-static is not installed (" + containertest.Busybox + ")")
+		testenv.Missing(t, "busybox-static is not installed ("+containertest.Busybox+")")
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
 	"tandem/internal/qmp/qmptest"
+	"tandem/internal/testenv"
 )
 
 func diskInfo(firmware string) driver.ImageInfo {
@@ -81,7 +82,7 @@ func (i *diskImages) ExtractDisk(_ context.Context, _, out string) (string, erro
 // base goes with the last of them. Start boots it through the firmware, with no kernel of ours.
 func TestDiskImageSharedBase(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img is not installed (qemu-utils)")
+		testenv.Missing(t, "qemu-img is not installed (qemu-utils)")
 	}
 	run, err := os.MkdirTemp("", "tvmd")
 	if err != nil {

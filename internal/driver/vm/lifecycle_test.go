@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"tandem/internal/driver/vm/bootfs"
 	"tandem/internal/errdefs"
 	"tandem/internal/qmp/qmptest"
+	"tandem/internal/testenv"
 )
 
 // These tests drive the lifecycle against a scripted QMP socket and a stand-in process whose
@@ -70,6 +72,16 @@ func newFakeVM(t *testing.T, script ...*qmptest.Step) *fakeVM {
 	go func() { cmd.Wait(); close(f.exited) }()
 	t.Cleanup(func() { f.die(); <-f.exited })
 	os.WriteFile(p.pidfile, []byte(strconv.Itoa(f.pid)+"\n"), 0o600)
+	// The driver knows its QEMU by the command line: wait until the child has exec'd (under load,
+	// a just-forked child still shows the test binary's).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", f.pid)); strings.Contains(string(cmdline), p.qmp) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fake QEMU did not start within 10s")
+		}
+	}
 	return f
 }
 
@@ -231,7 +243,7 @@ func TestStatusMapping(t *testing.T) {
 // A QEMU that exits at start-up fails Start with its own message, at once.
 func TestStartReportsQEMUError(t *testing.T) {
 	if _, err := os.Stat("/bin/busybox"); err != nil || bootfs.CheckStatic("/bin/busybox") != nil {
-		t.Skip("skipping: needs a static /bin/busybox for the initramfs")
+		testenv.Missing(t, "needs a static /bin/busybox for the initramfs")
 	}
 	run, _ := os.MkdirTemp("", "tvmu")
 	defer os.RemoveAll(run)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"tandem/internal/testenv"
 	"testing"
 )
 
@@ -45,10 +46,10 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
 func TestInitramfsUnpacks(t *testing.T) {
 	bb := "/usr/bin/busybox"
 	if _, err := os.Stat(bb); err != nil {
-		t.Skip("skipping: no static busybox at /usr/bin/busybox")
+		testenv.Missing(t, "no static busybox at /usr/bin/busybox")
 	}
 	if CheckStatic(bb) != nil {
-		t.Skip("skipping: /usr/bin/busybox is not static")
+		testenv.Missing(t, "/usr/bin/busybox is not static")
 	}
 	mdir := t.TempDir()
 	os.MkdirAll(filepath.Join(mdir, "kernel"), 0o755)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"tandem/internal/qmp"
+	"tandem/internal/testenv"
 )
 
 // TestQEMUAcceptsProfiles runs the real QEMU, paused, on every profile (with host paths swapped in for
@@ -17,10 +18,10 @@ import (
 func TestQEMUAcceptsProfiles(t *testing.T) {
 	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("skipping: qemu-system-x86_64 not installed")
+		testenv.Missing(t, "qemu-system-x86_64 not installed")
 	}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("skipping: qemu-img not installed")
+		testenv.Missing(t, "qemu-img not installed")
 	}
 	kernel := os.Getenv("TANDEM_GUEST_DIR")
 	if kernel == "" {
@@ -28,7 +29,7 @@ func TestQEMUAcceptsProfiles(t *testing.T) {
 	}
 	kernel = filepath.Join(kernel, "vmlinux")
 	if _, err := os.Stat(kernel); err != nil {
-		t.Skipf("skipping: no guest kernel at %s", kernel)
+		testenv.Missing(t, "no guest kernel at %s", kernel)
 	}
 	for name, cfg := range profiles() {
 		t.Run(name, func(t *testing.T) {
@@ -52,12 +53,12 @@ func TestQEMUAcceptsProfiles(t *testing.T) {
 			}
 			if cfg.Firmware.Code != "" {
 				if _, err := os.Stat(cfg.Firmware.Code); err != nil {
-					t.Skipf("skipping: no OVMF at %s", cfg.Firmware.Code)
+					testenv.Missing(t, "no OVMF at %s", cfg.Firmware.Code)
 				}
 				vars := filepath.Join(dir, "vars.fd")
 				data, err := os.ReadFile(filepath.Join(filepath.Dir(cfg.Firmware.Code), "OVMF_VARS_4M.fd"))
 				if err != nil {
-					t.Skip("skipping: no OVMF_VARS_4M.fd")
+					testenv.Missing(t, "no OVMF_VARS_4M.fd")
 				}
 				os.WriteFile(vars, data, 0o600)
 				cfg.Firmware.Vars = vars
