@@ -25,7 +25,7 @@ import (
 
 // `criu check` passes on hosts where every dump hangs (MIGRATION.md, "When criu dump hangs"), so
 // whether this host can checkpoint is found by doing it: a throw-away process is dumped and
-// restored under a deadline. The answer is a fact about the kernel, CPU and CRIU binary, so it is
+// restored under a deadline. A yes is a fact about the kernel, CPU and CRIU binary, so it is
 // cached for the boot and shared by every daemon here.
 
 // checkpointProbeTimeout bounds the whole probe (a dump and a restore take ~0.3 s where they
@@ -87,7 +87,9 @@ func HostCheckpointSupport(ctx context.Context, criu, workDir string) Checkpoint
 	defer cancel()
 	s := probeCheckpoint(pctx, criu, workDir)
 	s.Key = probeKey(criu)
-	if ctx.Err() == nil && os.MkdirAll(probeCacheDir, 0o700) == nil { // not when the caller cut it short
+	// Only a yes is kept for the boot: a no may come of a moment's load, and a daemon that starts
+	// later asks again (10 s in the background where criu really hangs).
+	if s.Available && ctx.Err() == nil && os.MkdirAll(probeCacheDir, 0o700) == nil {
 		if data, err := json.Marshal(s); err == nil {
 			fsutil.WriteFileAtomic(probeCachePath(s.Key), data, 0o600)
 		}
