@@ -26,7 +26,7 @@ type Volumes interface {
 	VolumePath(pool, vol string) (string, error)
 
 	CreateInstanceRoot(ctx context.Context, pool, instance, kind string, src storage.ImageSource, size uint64) (*storage.Volume, error)
-	AdoptInstanceRoot(ctx context.Context, pool, instance, kind string) (*storage.Volume, error)
+	AdoptInstanceRoot(ctx context.Context, pool, instance, kind string, incoming bool) (*storage.Volume, error)
 	DeleteInstanceRoot(ctx context.Context, pool, instance, kind string) error
 	InstanceRoot(ctx context.Context, pool, instance, kind string) (*storage.RootInfo, error)
 	ResizeVolume(ctx context.Context, pool, vol string, size uint64) error

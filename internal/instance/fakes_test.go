@@ -194,7 +194,7 @@ func (f *fakeVolumes) CreateInstanceRoot(ctx context.Context, pool, instance, ki
 	return v, nil
 }
 
-func (f *fakeVolumes) AdoptInstanceRoot(_ context.Context, pool, instance, kind string) (*storage.Volume, error) {
+func (f *fakeVolumes) AdoptInstanceRoot(_ context.Context, pool, instance, kind string, _ bool) (*storage.Volume, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v, err := f.vol(pool, kind+"/"+instance)

@@ -183,7 +183,7 @@ func (m *Manager) Create(ctx context.Context, req api.InstancesPost) (*api.Opera
 
 // createInDriver makes the root disk and runs the driver's create; on failure it undoes what was
 // made and forgets the record.
-func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, existingRoot bool) error {
+func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, existing bool) error {
 	if err := m.attachNICs(ctx, rec.Name, nil, rec.Handle.Spec.Devices); err != nil {
 		m.rollbackCreate(rec, drv)
 		return err
@@ -192,7 +192,11 @@ func (m *Manager) createInDriver(ctx context.Context, rec *store.InstanceRecord,
 		m.rollbackCreate(rec, drv)
 		return err
 	}
-	if err := m.makeRoot(ctx, rec, drv, existingRoot); err != nil {
+	way := newRoot
+	if existing {
+		way = existingRoot
+	}
+	if err := m.makeRoot(ctx, rec, drv, way); err != nil {
 		m.rollbackCreate(rec, drv)
 		return fmt.Errorf("create %s: %w", rec.Name, err)
 	}

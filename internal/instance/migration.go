@@ -260,13 +260,13 @@ func (m *Manager) BeginIncoming(ctx context.Context, post api.MigrationPost) (*I
 			return nil, err
 		}
 	case poolRoot:
-		if err := m.makeRoot(ctx, rec, drv, false); err != nil {
+		if err := m.makeRoot(ctx, rec, drv, newRoot); err != nil {
 			in.Drop(ctx)
 			return nil, fmt.Errorf("making the root of %s here: %w", rec.Name, err)
 		}
 		in.Save(ctx)
 	case shared:
-		if err := m.makeRoot(ctx, rec, drv, true); err != nil {
+		if err := m.makeRoot(ctx, rec, drv, incomingRoot); err != nil {
 			in.Drop(ctx)
 			return nil, fmt.Errorf("the root on the shared pool: %w", err)
 		}
@@ -317,7 +317,7 @@ func (in *Incoming) createFreshFailed(err error) error {
 
 func (m *Manager) createFresh(ctx context.Context, in *Incoming) error {
 	rec := in.Record
-	if err := m.makeRoot(ctx, rec, in.Driver, false); err != nil {
+	if err := m.makeRoot(ctx, rec, in.Driver, newRoot); err != nil {
 		return fmt.Errorf("making the root of %s here: %w", rec.Name, err)
 	}
 	in.Save(ctx)

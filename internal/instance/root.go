@@ -110,16 +110,25 @@ func (m *Manager) checkNewRoot(ctx context.Context, name, kind string, devices m
 	return nil
 }
 
+// How makeRoot gets an instance's root.
+type rootWay int
+
+const (
+	newRoot      rootWay = iota // made from the image
+	existingRoot                // adopted (--existing-root): refused while a live process holds it
+	incomingRoot                // adopted by a live move's destination: the source holds it
+)
+
 // makeRoot makes the root volume of a new instance (or adopts an existing one) and puts it in the
 // record's spec for the driver.
-func (m *Manager) makeRoot(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, existing bool) error {
+func (m *Manager) makeRoot(ctx context.Context, rec *store.InstanceRecord, drv driver.Driver, way rootWay) error {
 	dev := rootDevice(rec.Desired.Devices)
 	if dev == nil {
 		return nil
 	}
 	pool := diskPool(dev)
-	if existing {
-		if _, err := m.volumes.AdoptInstanceRoot(ctx, pool, rec.Name, rec.Type); err != nil {
+	if way != newRoot {
+		if _, err := m.volumes.AdoptInstanceRoot(ctx, pool, rec.Name, rec.Type, way == incomingRoot); err != nil {
 			return err
 		}
 	} else {

@@ -327,8 +327,10 @@ func (m *Manager) createRecordWithBase(ctx context.Context, p *Pool, v *Volume) 
 
 // AdoptInstanceRoot makes an existing root volume (one another host made on a shared pool) the
 // root of this host's instance of the same name and kind: the instance is added to its users.
-// Running it is still guarded by the lease (Acquire).
-func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind string) (*Volume, error) {
+// Running it is still guarded by the lease (Acquire). incoming is a live move's destination:
+// the source's guest holds the root until it hands over (on this very machine when both hosts
+// run on it), so a holder is no reason to refuse; otherwise one is.
+func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind string, incoming bool) (*Volume, error) {
 	p, _, err := m.usablePool(pool)
 	if err != nil {
 		return nil, err
@@ -341,7 +343,7 @@ func (m *Manager) AdoptInstanceRoot(ctx context.Context, pool, instance, kind st
 			return err
 		}
 		// A second copy must never run from a root a live process on this host holds.
-		if why := heldBy(p, v); why != "" {
+		if why := heldBy(p, v); why != "" && !incoming {
 			return errdefs.Conflict("root volume %s cannot be taken: it is %s", v.Ref(), why)
 		}
 		for _, a := range v.UsedBy {

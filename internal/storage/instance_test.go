@@ -3,12 +3,14 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"tandem/internal/errdefs"
 )
@@ -169,13 +171,13 @@ func TestSharedRootAdoptedAndKept(t *testing.T) {
 	_, err := b.CreateInstanceRoot(ctx, "shared1", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20)
 	wantKind(t, err, errdefs.ErrAlreadyExists)
 	must0(t, b.DeleteInstanceRoot(ctx, "shared1", "c1", TypeContainer)) // the roll-back of that create
-	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeVM)
+	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeVM, false)
 	wantKind(t, err, errdefs.ErrNotFound)
-	v := must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer))
+	v := must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer, false))
 	if len(v.UsedBy) != 2 || v.UsedBy[1].Host != "host-b" {
 		t.Fatalf("adopted root %+v", v.UsedBy)
 	}
-	must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer)) // again: no change
+	must[*Volume](t)(b.AdoptInstanceRoot(ctx, "shared1", "c1", TypeContainer, false)) // again: no change
 	must0(t, a.DeleteInstanceRoot(ctx, "sh", "c1", TypeContainer))
 	v = must[*Volume](t)(b.GetVolume(ctx, "shared1", "container/c1"))
 	if len(v.UsedBy) != 1 || v.UsedBy[0].Host != "host-b" {
@@ -188,7 +190,7 @@ func TestSharedRootAdoptedAndKept(t *testing.T) {
 	// A custom volume attached to an instance is no root to adopt.
 	must[*Volume](t)(a.CreateVolume(ctx, "sh", VolumeConfig{Name: "c2", Type: TypeContainer, Size: 16 << 20}))
 	must0(t, a.Attach(ctx, "sh", "container/c2", "other", false))
-	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c2", TypeContainer)
+	_, err = b.AdoptInstanceRoot(ctx, "shared1", "c2", TypeContainer, false)
 	wantKind(t, err, errdefs.ErrConflict, "other")
 }
 
@@ -204,13 +206,21 @@ func TestRootHeldByProcessRefused(t *testing.T) {
 	cmd.Dir = info.Path
 	must0(t, cmd.Start())
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) { // exec'd: named sleep
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid)); strings.TrimSpace(string(comm)) == "sleep" || time.Now().After(deadline) {
+			break
+		}
+	}
 
-	_, err := m.AdoptInstanceRoot(ctx, "default", "d1", TypeContainer)
+	_, err := m.AdoptInstanceRoot(ctx, "default", "d1", TypeContainer, false)
 	wantKind(t, err, errdefs.ErrConflict, "container/d1", "(sleep)", "used on this host")
 	wantKind(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer), errdefs.ErrConflict, "(sleep)")
 	if _, err := os.Stat(info.Path + "/etc/hostname"); err != nil {
 		t.Fatalf("the held root was touched: %v", err)
 	}
+	// A live move's destination takes it while the source's guest still holds it (both hosts on
+	// one machine): the move's lease guards that root, not this check.
+	must[*Volume](t)(m.AdoptInstanceRoot(ctx, "default", "d1", TypeContainer, true))
 	cmd.Process.Kill()
 	cmd.Wait()
 	must0(t, m.DeleteInstanceRoot(ctx, "default", "d1", TypeContainer))

@@ -218,8 +218,9 @@ func (m *Manager) openBy(p *Pool, v *Volume) string {
 func heldBy(p *Pool, v *Volume) string {
 	path := filepath.Join(dataPath(p.Path, v.Type, v.Name), fileName(v.Format))
 	hs, err := fsutil.Holders(path)
-	// A loop device of an image just unmounted may take a moment to let go of it (autoclear).
-	for i := 0; i < 10 && err == nil && onlyLoops(hs); i++ {
+	// A holder may be on its way out: a loop device of an image just unmounted (autoclear), an
+	// aborted move's rsync server still being killed. Give them 3 s.
+	for i := 0; i < 30 && err == nil && len(hs) > 0; i++ {
 		time.Sleep(100 * time.Millisecond)
 		hs, err = fsutil.Holders(path)
 	}
@@ -227,15 +228,6 @@ func heldBy(p *Pool, v *Volume) string {
 		return ""
 	}
 	return "used on this host: " + fsutil.DescribeHolders(hs) + "; an instance whose record tandemd lost? `tandem host orphans` lists them"
-}
-
-func onlyLoops(hs []fsutil.Holder) bool {
-	for _, h := range hs {
-		if h.How != "loop" {
-			return false
-		}
-	}
-	return len(hs) > 0
 }
 
 // GetVolume returns a volume's record with its current usage where that is cheap to learn.
