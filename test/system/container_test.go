@@ -348,7 +348,7 @@ func TestContainerCheckpointCounter(t *testing.T) {
 	e := newCtEnv(t)
 	requireCheckpoint(t)
 	h := e.launch("criu1", nil)
-	e.sh(h, "(i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) </dev/null >/dev/null 2>&1 &")
+	e.sh(h, "(i=0; while :; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) </dev/null >/dev/null 2>&1 &")
 	time.Sleep(time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -52,7 +52,8 @@ func fakeCRIU(t *testing.T, hangs int, swrkOnly bool, after ...bool) (bin, log s
 
 // startCounter starts a counter in h that a restore must continue.
 func startCounter(t *testing.T, e *env, h *driver.Handle) {
-	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
+	// Written aside and renamed: a checkpoint between the truncate and the write would read "".
+	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
 	time.Sleep(300 * time.Millisecond)
 }
 

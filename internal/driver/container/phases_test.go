@@ -165,7 +165,8 @@ func TestCheckpointRestore(t *testing.T) {
 	needCheckpoint(t, e)
 	h := e.launch(t, "criu", map[string]string{"limits.memory": "96MiB"})
 	ctx := bounded(t)
-	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
+	// Written aside and renamed: a checkpoint between the truncate and the write would read "".
+	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
 	time.Sleep(500 * time.Millisecond)
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
 		t.Fatalf("stateful stop: %v", err)
