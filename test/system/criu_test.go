@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"tandem/api"
 	"tandem/internal/driver/container"
+	"tandem/internal/driver/container/containertest"
 	"tandem/internal/testenv"
 )
 
@@ -28,21 +28,7 @@ func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
 	if err != nil {
 		real = "/usr/local/sbin/criu"
 	}
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	bin, log = filepath.Join(dir, "criu"), filepath.Join(dir, "calls.log")
-	_, file, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", bin, "./test/fakecriu")
-	build.Dir = filepath.Join(filepath.Dir(file), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build fakecriu: %v\n%s", err, out)
-	}
-	conf, _ := json.Marshal(map[string]any{"real": real, "hangs": hangs, "swrk_only": swrkOnly, "log": log})
-	if err := os.WriteFile(bin+".json", conf, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { exec.Command("pkill", "-KILL", "-f", "^"+bin+" ").Run() })
-	return bin, log
+	return containertest.BuildFakeCRIU(t, containertest.FakeCRIU{Real: real, Hangs: hangs, SwrkOnly: swrkOnly})
 }
 
 // counterRuns checks that the container's console counter still advances on h.

@@ -2,17 +2,15 @@ package container
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"tandem/internal/driver"
+	"tandem/internal/driver/container/containertest"
 	"tandem/internal/errdefs"
 	"tandem/internal/testenv"
 )
@@ -30,23 +28,9 @@ func fakeCRIU(t *testing.T, hangs int, swrkOnly bool, after ...bool) (bin, log s
 	if s := HostCheckpointSupport(ctx, real, t.TempDir()); !s.Available && hangs != -1 {
 		testenv.Unsupported(t, "this host cannot checkpoint: %s", s.Reason) // what passes the hangs must work
 	}
-	dir := t.TempDir()
-	bin, log = filepath.Join(dir, "criu"), filepath.Join(dir, "calls.log")
-	_, file, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", bin, "./test/fakecriu")
-	build.Dir = filepath.Join(filepath.Dir(file), "..", "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build fakecriu: %v\n%s", err, out)
-	}
-	conf, _ := json.Marshal(map[string]any{"real": real, "hangs": hangs, "swrk_only": swrkOnly, "log": log, "after": len(after) > 0 && after[0]})
-	if err := os.WriteFile(bin+".json", conf, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	bin, log = containertest.BuildFakeCRIU(t, containertest.FakeCRIU{Real: real, Hangs: hangs, SwrkOnly: swrkOnly, After: len(after) > 0 && after[0]})
 	probeCacheDir = t.TempDir() // the fake's answer is not the host's
-	t.Cleanup(func() {
-		exec.Command("pkill", "-KILL", "-f", "^"+bin+" ").Run()
-		probeCacheDir = "/run/tandem"
-	})
+	t.Cleanup(func() { probeCacheDir = "/run/tandem" })
 	return bin, log
 }
 

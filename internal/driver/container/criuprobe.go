@@ -66,7 +66,7 @@ func (d *Driver) startCheckpointProbe() {
 	}
 	go func() {
 		defer close(d.probeDone)
-		s := HostCheckpointSupport(context.Background(), d.criuPath, filepath.Join(d.opts.RunDir, "criu-probe"))
+		s := probeAndCache(context.Background(), d.criuPath, filepath.Join(d.opts.RunDir, "criu-probe"))
 		if s.Available {
 			slog.Info("checkpoint: available", "probe", s.Took.Round(time.Millisecond))
 		} else {
@@ -83,6 +83,11 @@ func HostCheckpointSupport(ctx context.Context, criu, workDir string) Checkpoint
 	if s, ok := cachedCheckpointSupport(criu); ok {
 		return s
 	}
+	return probeAndCache(ctx, criu, workDir)
+}
+
+// probeAndCache probes (bounded by checkpointProbeTimeout and ctx) and caches a yes for the boot.
+func probeAndCache(ctx context.Context, criu, workDir string) CheckpointSupport {
 	pctx, cancel := context.WithTimeout(ctx, checkpointProbeTimeout)
 	defer cancel()
 	s := probeCheckpoint(pctx, criu, workDir)
@@ -210,7 +215,7 @@ func probeCheckpoint(ctx context.Context, criu, dir string) CheckpointSupport {
 
 // logTail is ": <the log's last line>", or "" for an empty log.
 func logTail(log string) string {
-	if last := strings.TrimSuffix(strings.TrimPrefix(criuLastLine(log), " (criu log ends: "), ")"); last != "" {
+	if last := lastLogLine(log); last != "" {
 		return ": " + last
 	}
 	return ""
@@ -229,15 +234,6 @@ func criuCommand(ctx context.Context, criu string, args ...string) *exec.Cmd {
 func restoreFinished(log string) bool {
 	data, err := os.ReadFile(log)
 	return err == nil && strings.Contains(string(data), "Restore finished successfully")
-}
-
-func readPid(path string) int {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	return pid
 }
 
 // probeKey names what a probe's answer holds for: this boot and this CRIU binary.

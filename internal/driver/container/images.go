@@ -86,15 +86,19 @@ func criuErrors(logPath string) string {
 	return " (criu: " + strings.Join(msgs, "; ") + ")"
 }
 
-// criuLastLine is the last line of a CRIU log, where a hung CRIU stopped (" (criu log ends:
-// …)"), or "".
-func criuLastLine(logPath string) string {
+// lastLogLine is the last line of a log, where a hung CRIU stopped ("" for none).
+func lastLogLine(logPath string) string {
 	data, err := os.ReadFile(logPath)
 	if err != nil {
 		return ""
 	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	if last := strings.TrimSpace(lines[len(lines)-1]); last != "" {
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// criuLastLine is lastLogLine for an error message: " (criu log ends: …)", or "".
+func criuLastLine(logPath string) string {
+	if last := lastLogLine(logPath); last != "" {
 		return " (criu log ends: " + last + ")"
 	}
 	return ""

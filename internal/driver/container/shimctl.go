@@ -117,12 +117,8 @@ func shimEnv() []string {
 
 // shimPid returns the pid of a container's live shim, or 0.
 func shimPid(p paths) int {
-	data, err := os.ReadFile(p.shimPid)
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
+	pid := readPid(p.shimPid)
+	if pid <= 0 {
 		return 0
 	}
 	// Make sure the pid is still a shim (and not a recycled pid).

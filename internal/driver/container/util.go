@@ -3,6 +3,7 @@ package container
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -76,4 +77,14 @@ func stripControl(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// readPid reads a pid file (0 when it is missing or holds no number).
+func readPid(path string) int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
 }
