@@ -41,6 +41,21 @@ func startCounter(t *testing.T, e *env, h *driver.Handle) {
 	time.Sleep(300 * time.Millisecond)
 }
 
+// restoreContinuesCounter starts h from its checkpoint and checks that startCounter's counter
+// carries on from where the checkpoint left it.
+func restoreContinuesCounter(t *testing.T, e *env, h *driver.Handle) {
+	t.Helper()
+	before, _ := readCount(e, h)
+	if err := e.d.Start(bounded(t), h); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	out, _ := e.run(t, h, "cat /root/count")
+	if after := strings.TrimSpace(out); atoi(after) <= atoi(before) || atoi(after) > atoi(before)+20 {
+		t.Fatalf("counter before %q after %q: not continued", before, after)
+	}
+}
+
 // assertRunsAsBefore checks what a killed dump must leave: the container running, counting, no
 // task traced or frozen, and no criu left.
 func assertRunsAsBefore(t *testing.T, e *env, h *driver.Handle, criu string) {
@@ -93,15 +108,7 @@ func TestDumpHangRetried(t *testing.T) {
 	if !strings.Contains(string(calls), "hang CRIU_FAULT=\n") || !strings.Contains(string(calls), "CRIU_FAULT=130") {
 		t.Errorf("want a hang, then a retry with breakpoints off (CRIU_FAULT=130); calls:\n%s", calls)
 	}
-	before, _ := readCount(e, h)
-	if err := e.d.Start(ctx, h); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	out, _ := e.run(t, h, "cat /root/count")
-	if after := strings.TrimSpace(out); atoi(after) <= atoi(before) || atoi(after) > atoi(before)+20 {
-		t.Fatalf("counter before %q after %q: not continued", before, after)
-	}
+	restoreContinuesCounter(t, e, h)
 }
 
 // A criu that hangs after it wrote every image and ended the tasks: the stateful stop keeps the
@@ -118,15 +125,7 @@ func TestDumpHangAfterImagesKeepsState(t *testing.T) {
 	if has, _ := e.d.HasCheckpoint(ctx, h); !has {
 		t.Fatal("the images were not kept")
 	}
-	before, _ := readCount(e, h)
-	if err := e.d.Start(ctx, h); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	out, _ := e.run(t, h, "cat /root/count")
-	if after := strings.TrimSpace(out); atoi(after) <= atoi(before) || atoi(after) > atoi(before)+20 {
-		t.Fatalf("counter before %q after %q: not continued", before, after)
-	}
+	restoreContinuesCounter(t, e, h)
 }
 
 // Two hangs fail the stop with the stage named, and leave the container exactly as it was; the
