@@ -82,6 +82,11 @@ func (h *harness) launch(name string) {
 func TestConcurrentOperationsOnOneInstance(t *testing.T) {
 	h := newHarness(t, t.TempDir(), 0)
 	h.launch("c1")
+	// The launch's operation ends a moment before it lets go of the instance's lock: under load
+	// all 50 could meet that lock and be refused.
+	for deadline := time.Now().Add(10 * time.Second); h.m.holder("c1") != "" && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
