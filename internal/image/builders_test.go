@@ -11,15 +11,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/progress"
+	"tandem/internal/testenv"
 )
 
 // TestBusyboxImageLifecycle builds the busybox image, exports it, deletes it, imports it back
 // (same fingerprint), unpacks it and makes a root disk from it.
 func TestBusyboxImageLifecycle(t *testing.T) {
-	requireRoot(t)
-	if _, err := findBusybox(""); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
+	testenv.Require(t, "root", "busybox")
 	s := openStore(t)
 	var phases []string
 	ctx := progress.With(context.Background(), func(p int, msg string) {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"tandem/internal/testenv"
 )
 
 // checkExt4 reads a file out of an ext4 image with debugfs (no mount needed).
@@ -25,9 +27,7 @@ func checkExt4(t *testing.T, img, path, want string) {
 }
 
 func TestBuildRootDisk(t *testing.T) {
-	if _, err := lookTool("mkfs.ext4"); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
+	testenv.Require(t, "e2fsprogs")
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
 	os.WriteFile(filepath.Join(src, "etc/hostname"), []byte("disk\n"), 0o644)

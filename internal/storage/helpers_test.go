@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"tandem/internal/testenv"
 	"testing"
 	"time"
 )
@@ -62,15 +61,6 @@ func must[T any](t *testing.T) func(T, error) T {
 			t.Fatal(err)
 		}
 		return v
-	}
-}
-
-func needTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := lookTool(n); err != nil {
-			testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", n)
-		}
 	}
 }
 

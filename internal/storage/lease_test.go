@@ -7,11 +7,12 @@ import (
 	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 // twoHosts opens two managers (two daemons: two dirs, two host ids) on one shared directory.
 func twoHosts(t *testing.T) (a, b *Manager, shared string) {
-	needTool(t, "mkfs.ext4")
+	testenv.Require(t, "e2fsprogs")
 	shared = t.TempDir()
 	a, b = newManager(t, "", "host-a"), newManager(t, "", "host-b")
 	ctx := testCtx(t)

@@ -20,6 +20,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/vm"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/testenv"
 )
 
 // Live migration of VMs between two "hosts" on this machine: two vm drivers with their own state and
@@ -39,7 +40,7 @@ type vmMigHosts struct {
 }
 
 func newVMMigHosts(t *testing.T) *vmMigHosts {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	images := vmtest.BusyboxImages(t)
 	e := &vmMigHosts{t: t, dirsA: vmtest.NewDirs(t), dirsB: vmtest.NewDirs(t), images: images, shared: t.TempDir()}
 	e.a = vmtest.NewDriver(t, e.dirsA, images)
@@ -76,7 +77,7 @@ func (e *vmMigHosts) create(spec *driver.Spec) *driver.Handle {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // the test's context has ended
 		defer cancel()
 		e.a.Delete(ctx, h)
 		e.b.Delete(ctx, h)

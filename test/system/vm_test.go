@@ -3,7 +3,6 @@ package system
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,7 +30,7 @@ type vmEnv struct {
 }
 
 func newVMEnv(t *testing.T) *vmEnv {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	e := &vmEnv{t: t, dirs: vmtest.NewDirs(t), images: vmtest.BusyboxImages(t)}
 	e.d = vmtest.NewDriver(t, e.dirs, e.images)
 	return e
@@ -60,7 +59,7 @@ func (e *vmEnv) launch(name string, config map[string]string) (*driver.Handle, t
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // the test's context has ended
 		defer cancel()
 		if err := e.d.Delete(ctx, h); err != nil {
 			t.Errorf("Delete: %v", err)
@@ -339,12 +338,7 @@ func processesMentioning(s string) []string {
 // boot, a TPM from swtpm. OVMF's boot manager reaching the (unbootable) disk shows on the console.
 func TestVMWindowsProfileReachesFirmware(t *testing.T) {
 	e := newVMEnv(t)
-	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"); err != nil {
-		testenv.Missing(t, "no OVMF (ovmf package)")
-	}
-	if _, err := execLook("swtpm"); err != nil {
-		testenv.Missing(t, "swtpm is not installed")
-	}
+	testenv.Require(t, "ovmf-ms", "swtpm")
 	spec := &driver.Spec{ID: uuid.NewString(), Name: "win1", Type: "vm", Image: "busybox",
 		Config: map[string]string{"image.os": "windows", "limits.memory": "512MiB"}}
 	h, err := e.d.Create(e.ctx(time.Minute), spec)
@@ -393,24 +387,15 @@ func tail(s string, n int) string {
 	return s
 }
 
-func execLook(name string) (string, error) {
-	for _, d := range []string{"/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"} {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New(name + " not found")
-}
-
 // QEMU (and so the guest) can run as an unprivileged user: the driver hands it the instance's files.
 func TestVMUnprivilegedQEMU(t *testing.T) {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
+	testenv.Require(t, "user-nobody")
 	e := &vmEnv{t: t, dirs: vmtest.NewDirs(t), images: vmtest.BusyboxImages(t)}
 	d, err := vm.New(vm.Options{Dir: e.dirs.Dir, RunDir: e.dirs.RunDir, Images: e.images, Accel: "tcg",
 		KernelDir: vmtest.KernelDir(), AgentPath: vmtest.Agent(t), Busybox: vmtest.Busybox(), UserNetwork: true, User: "nobody"})
 	if err != nil {
-		t.Skipf("skipping: no user nobody: %v", err)
+		t.Fatal(err)
 	}
 	e.d = d
 	// t.TempDir is 0700 and root's: the unprivileged QEMU must be able to walk to its files.
@@ -462,7 +447,7 @@ func TestVMGuestReboot(t *testing.T) {
 // console.log.1 (about 2 MiB kept), both the owner's alone, and the newest output is in the log.
 // The log is kept by a process of its own, which goes when QEMU does.
 func TestVMConsoleLogCapped(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startDaemon(t, "--accel", "tcg", "--network=false")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "v1", "--vm")

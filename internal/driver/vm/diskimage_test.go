@@ -81,9 +81,7 @@ func (i *diskImages) ExtractDisk(_ context.Context, _, out string) (string, erro
 // Instances of a disk image share one base, extracted once, under overlays that name it raw; the
 // base goes with the last of them. Start boots it through the firmware, with no kernel of ours.
 func TestDiskImageSharedBase(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		testenv.Missing(t, "qemu-img is not installed (qemu-utils)")
-	}
+	testenv.Require(t, "qemu-img")
 	run, err := os.MkdirTemp("", "tvmd")
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,6 @@ import (
 	"github.com/google/uuid"
 
 	"tandem/internal/driver"
-	"tandem/internal/driver/vm/bootfs"
 	"tandem/internal/errdefs"
 	"tandem/internal/qmp/qmptest"
 	"tandem/internal/testenv"
@@ -242,9 +241,7 @@ func TestStatusMapping(t *testing.T) {
 
 // A QEMU that exits at start-up fails Start with its own message, at once.
 func TestStartReportsQEMUError(t *testing.T) {
-	if _, err := os.Stat("/bin/busybox"); err != nil || bootfs.CheckStatic("/bin/busybox") != nil {
-		testenv.Missing(t, "needs a static /bin/busybox for the initramfs")
-	}
+	testenv.Require(t, "busybox") // for the initramfs
 	run, _ := os.MkdirTemp("", "tvmu")
 	defer os.RemoveAll(run)
 	dir := t.TempDir()
