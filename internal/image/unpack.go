@@ -185,7 +185,7 @@ func (x *extractor) extract(m *member, content io.Reader) error {
 	}
 	mode := uint32(hdr.Mode) & 0o7777
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // tar.Reader reads the legacy TypeRegA as TypeReg
 		return x.writeFile(pfd, base, hdr, content)
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {

@@ -49,15 +49,6 @@ type link struct {
 	} `json:"linkinfo"`
 }
 
-func (l *link) up() bool {
-	for _, f := range l.Flags {
-		if f == "UP" {
-			return true
-		}
-	}
-	return false
-}
-
 // getLink returns the named interface, or nil when there is none.
 func getLink(ctx context.Context, name string) (*link, error) {
 	out, err := run(ctx, "", "ip", "-j", "-d", "link", "show", "dev", name)

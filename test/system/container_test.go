@@ -368,15 +368,6 @@ func readInt(t *testing.T, path string) int {
 	return n
 }
 
-func hasCap(info driver.Info, c string) bool {
-	for _, x := range info.Capabilities {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
 // 50 containers launched and deleted leave no cgroup, mount, network namespace, process, id
 // range or file behind.
 func TestContainerLeaks(t *testing.T) {
