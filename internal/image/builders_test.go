@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/progress"
 	"tandem/internal/testenv"
 )
@@ -88,7 +89,7 @@ func TestBusyboxImageLifecycle(t *testing.T) {
 	if err != nil || string(out) != "busybox\nroot\n" {
 		t.Errorf("chroot: %q %v", out, err)
 	}
-	if _, err := lookTool("mkfs.ext4"); err == nil {
+	if _, err := hostexec.Look("mkfs.ext4"); err == nil {
 		disk, err := BuildRootDisk(context.Background(), rootfs, filepath.Join(t.TempDir(), "busybox.qcow2"), 0)
 		if err != nil {
 			t.Fatal(err)

@@ -9,13 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/testenv"
 )
 
 // checkExt4 reads a file out of an ext4 image with debugfs (no mount needed).
 func checkExt4(t *testing.T, img, path, want string) {
 	t.Helper()
-	debugfs, err := lookTool("debugfs")
+	debugfs, err := hostexec.Look("debugfs")
 	if err != nil {
 		t.Logf("debugfs not installed: contents not checked")
 		return
@@ -58,7 +59,7 @@ func TestBuildRootDisk(t *testing.T) {
 			t.Errorf("raw disk named %s", disk.Path)
 		}
 		checkExt4(t, disk.Path, "/etc/hostname", "disk\n")
-		if _, err := lookTool("qemu-img"); err != nil {
+		if _, err := hostexec.Look("qemu-img"); err != nil {
 			t.Logf("qemu-img not installed: kept raw (%v)", err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/qmp"
 	"tandem/internal/testenv"
 )
@@ -26,7 +27,7 @@ type qemuProc struct {
 func startQEMU(t *testing.T, ctx context.Context, args ...string) *qemuProc {
 	t.Helper()
 	testenv.Require(t, "qemu")
-	bin, err := testenv.LookTool("qemu-system-x86_64")
+	bin, err := hostexec.Look("qemu-system-x86_64")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"tandem/api"
 	"tandem/client"
 	"tandem/internal/events"
+	"tandem/internal/hostexec"
 	"tandem/internal/operations"
 	"tandem/internal/storage"
 	"tandem/internal/store"
@@ -467,7 +468,7 @@ func TestStorageTypedVolumeRestore(t *testing.T) {
 	}
 	a.wantError("PATCH", base+"/container/c1", `{"size":"1GiB"}`, 400, "plain directory")
 	// Copy to a custom volume with a type in target_name: a directory tree into an ext4 image.
-	if _, err := testenv.LookTool("mkfs.ext4"); err == nil {
+	if _, err := hostexec.Look("mkfs.ext4"); err == nil {
 		a.waitOK(a.c.CopyStorageVolume(a.ctx, "default", "container/c1", "default", "custom/backup"))
 		if c := a.volume("default", "backup"); c.Type != "custom" || c.Format != "ext4" {
 			t.Fatalf("copy %+v", c)

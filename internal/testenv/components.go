@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"tandem/internal/hostexec"
 )
 
 // Kind says who is to blame when a component is absent.
@@ -107,7 +109,7 @@ func Require(t testing.TB, names ...string) {
 			if c.kind == Host {
 				Unsupported(t, "%s: %v", name, err)
 			}
-			Missing(t, "%s: %v (scripts/setup.sh installs it)", name, err)
+			Missing(t, "%s: %v", name, err)
 		}
 	}
 }
@@ -150,7 +152,7 @@ func isRoot(context.Context) error {
 func tools(names ...string) *component {
 	return &component{kind: Setup, check: func(context.Context) error {
 		for _, n := range names {
-			if _, err := LookTool(n); err != nil {
+			if _, err := hostexec.Look(n); err != nil {
 				return err
 			}
 		}
@@ -175,22 +177,8 @@ func files(base *component, paths ...string) *component {
 	}}
 }
 
-// LookTool finds an executable on PATH or in the sbin directories a non-login root shell may not
-// have on PATH.
-func LookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} {
-		if p, err := exec.LookPath(filepath.Join(d, name)); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s is not installed", name)
-}
-
 // CRIU is the criu the tests run: setup builds it into /usr/local/sbin.
-func CRIU() (string, error) { return LookTool("criu") }
+func CRIU() (string, error) { return hostexec.Look("criu") }
 
 // Busybox is the static busybox the image builders and the initramfs pack.
 const Busybox = "/bin/busybox"

@@ -10,15 +10,14 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 
 	"tandem/internal/driver/vm/bootfs"
 	"tandem/internal/driver/vm/qemucmd"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/hostexec"
 	"tandem/internal/image"
 )
 
@@ -229,9 +228,5 @@ func writePartition(e []byte, active, typ byte, start, sectors int64) {
 }
 
 func run(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
+	return hostexec.Command(name, args...).Run(ctx)
 }

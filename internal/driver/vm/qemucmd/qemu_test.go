@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/qmp"
 	"tandem/internal/testenv"
 )
@@ -16,7 +17,7 @@ import (
 // what we meant, this proves QEMU 7.2 takes them.
 func TestQEMUAcceptsProfiles(t *testing.T) {
 	testenv.Require(t, "qemu", "qemu-img", "guest-kernel")
-	bin, err := testenv.LookTool("qemu-system-x86_64")
+	bin, err := hostexec.Look("qemu-system-x86_64")
 	if err != nil {
 		t.Fatal(err)
 	}
