@@ -17,6 +17,7 @@ import (
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
 	"tandem/internal/hostexec"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -76,7 +77,7 @@ func BuildDebian(ctx context.Context, opts DebianOptions) (string, error) {
 	if err := runDebootstrap(ctx, debootstrap, args); err != nil {
 		return "", err
 	}
-	slog.Info("image: debootstrap done", "release", opts.Release, "took", time.Since(start).Round(time.Second))
+	logctx.From(ctx).Info("image: debootstrap done", "release", opts.Release, "took", time.Since(start).Round(time.Second))
 
 	progress.Report(ctx, 80, "configuring the rootfs")
 	if err := configureDebian(ctx, target); err != nil {

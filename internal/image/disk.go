@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
 	"tandem/internal/hostexec"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -61,7 +61,7 @@ func BuildRootDisk(ctx context.Context, rootfsDir, out string, sizeBytes int64) 
 	qemuImg, qerr := hostexec.Look("qemu-img")
 	if qerr != nil {
 		disk.Format, disk.Path = DiskRaw, strings.TrimSuffix(out, ".qcow2")+".raw"
-		slog.Warn("image: qemu-img not found, keeping the root disk raw", "path", disk.Path)
+		logctx.From(ctx).Warn("image: qemu-img not found, keeping the root disk raw", "path", disk.Path)
 		if err := os.Rename(raw, disk.Path); err != nil {
 			return nil, err
 		}

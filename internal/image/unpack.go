@@ -17,6 +17,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/logctx"
 )
 
 // UnpackOptions bound and tune Unpack.
@@ -43,7 +44,7 @@ func Unpack(ctx context.Context, r io.Reader, target string, opts UnpackOptions)
 	defer func() {
 		if err != nil {
 			if rerr := os.RemoveAll(tmp); rerr != nil {
-				slog.Warn("image: cannot remove partial unpack", "dir", tmp, "err", rerr)
+				logctx.From(ctx).Warn("image: cannot remove partial unpack", "dir", tmp, "err", rerr)
 			}
 		}
 	}()
