@@ -9,13 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+	"tandem/internal/testenv"
+)
 
 // newManager opens a manager on dir (made under t.TempDir when empty).
 func newManager(t *testing.T, dir, host string) *Manager {
@@ -35,7 +31,7 @@ func newManager(t *testing.T, dir, host string) *Manager {
 func defaultPool(t *testing.T) (*Manager, context.Context) {
 	t.Helper()
 	m := newManager(t, "", "host-a")
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	if _, err := m.EnsureDefault(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -166,7 +166,7 @@ func must2(t *testing.T) func(string, func() error, error) (string, func() error
 func TestSharedRootAdoptedAndKept(t *testing.T) {
 	testenv.Require(t, "e2fsprogs")
 	a, b, _ := twoHosts(t)
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	rootfs := fakeRootfs(t)
 	must[*Volume](t)(a.CreateInstanceRoot(ctx, "sh", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20))
 	_, err := b.CreateInstanceRoot(ctx, "shared1", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20)
@@ -263,7 +263,7 @@ func TestVMRootRefusedOnFullPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	p := must[*Pool](t)(m.EnsureDefault(ctx))
 	src := ImageSource{Fingerprint: "f00d", BaseDisk: "/nonexistent", BaseFormat: "raw"}
 	_, err = m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)

@@ -182,7 +182,7 @@ func TestVMMigrateDiskImage(t *testing.T) {
 	testenv.Require(t, vmtest.Components...)
 	testenv.Require(t, imagetest.Components(image.FirmwareBIOS)...)
 	const marker = "MIG-DISK-MARK"
-	file, err := imagetest.Disk{Firmware: image.FirmwareBIOS, Marker: marker}.Image(vmMigCtx(t, time.Minute), t.TempDir())
+	file, err := imagetest.Disk{Firmware: image.FirmwareBIOS, Marker: marker}.Image(testenv.Context(t, time.Minute), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestVMMigrateDiskImage(t *testing.T) {
 	e.a, e.b = vmtest.NewDriver(t, e.dirsA, cache), vmtest.NewDriver(t, e.dirsB, cache)
 	h := e.create(&driver.Spec{ID: uuid.NewString(), Name: "migdisk", Type: "vm", Image: img.Fingerprint,
 		Config: map[string]string{"limits.memory": "256MiB"}})
-	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
+	if err := e.a.Start(testenv.Context(t, time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(diskBootDeadline); lastTick(vmMigRead(t, e.a.ConsoleLogPath(h)), marker) < 3; time.Sleep(200 * time.Millisecond) {
@@ -211,7 +211,7 @@ func TestVMMigrateDiskImage(t *testing.T) {
 	if strings.Contains(dstLog, marker+" firmware=") {
 		t.Error("the guest booted again on the destination")
 	}
-	if err := e.b.Stop(vmMigCtx(t, time.Minute), r.dst, driver.StopOpts{Force: true}); err != nil {
+	if err := e.b.Stop(testenv.Context(t, time.Minute), r.dst, driver.StopOpts{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	vmMigHoldsNothing(t, e.dirsA, h.ID)
