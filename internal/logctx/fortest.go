@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 )
@@ -16,7 +17,8 @@ type TB interface {
 }
 
 // ForTest returns a context (t's, so it ends with the test) whose logger writes to t.Log: the
-// lines of code under test show with the test that failed, not on the process's stderr.
+// lines of code under test show with the test that failed, not on the process's stderr. Lines
+// logged once the test is ending (its cleanups, goroutines it left) go to stderr.
 func ForTest(t TB) context.Context {
 	return WithLogger(t.Context(), slog.New(slog.NewTextHandler(&testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
@@ -38,6 +40,10 @@ func (w *testWriter) Write(p []byte) (int, error) {
 			w.buf.Reset()
 			w.buf.WriteString(line)
 			return len(p), nil
+		}
+		if w.t.Context().Err() != nil { // the test is ending: t.Log would panic once it has ended
+			os.Stderr.WriteString(line)
+			continue
 		}
 		w.t.Log(strings.TrimSuffix(line, "\n"))
 	}

@@ -37,3 +37,18 @@ func TestFromWithoutLoggerIsDefault(t *testing.T) {
 		t.Error("From of a bare context is not slog.Default()")
 	}
 }
+
+// A line logged after the test's context ended does not reach t.Log (which panics once the test
+// has completed).
+func TestAfterTheTestGoesToStderr(t *testing.T) {
+	r := &recorder{TB: t}
+	var ctx context.Context
+	t.Run("inner", func(t *testing.T) {
+		r.TB = t
+		ctx = ForTest(r)
+	})
+	From(ctx).Info("late")
+	if len(r.lines) != 0 {
+		t.Fatalf("a late line reached the test: %q", r.lines)
+	}
+}
