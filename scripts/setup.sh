@@ -6,7 +6,9 @@
 #      as /usr/local/sbin/criu (bookworm's own criu 3.17 is too old and is not installed);
 #   3. the VM guest kernel: Debian's bookworm linux-image package, unpacked (never installed) into
 #      /usr/local/share/tandem/guest/ with vmlinuz, an uncompressed PVH-bootable vmlinux and the modules;
-#   4. fs.pipe-max-size >= 4 MiB (now and in /etc/sysctl.d/60-tandem.conf) for lazy container moves.
+#   4. fs.pipe-max-size >= 4 MiB (now and in /etc/sysctl.d/60-tandem.conf) for lazy container moves;
+#   5. the test command's linter: staticcheck (pinned), into /usr/local/bin (`go test -race` needs
+#      gcc and libc6-dev: build-essential, among CRIU's build dependencies).
 # A second run only checks (a few seconds): nothing is downloaded or rebuilt when what is there is current.
 #
 # Usage: scripts/setup.sh [--check]     --check also runs scripts/check-criu.sh and scripts/check-guest-boot.sh
@@ -32,6 +34,11 @@ CRIU_VERSION=4.1.1
 CRIU_ORIG=criu_${CRIU_VERSION}.orig.tar.xz
 CRIU_ORIG_SHA256=f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 CRIU_BIN=/usr/local/sbin/criu
+
+# staticcheck for scripts/test.sh: v0.8.2 (2026.2.2), the newest release, built with the host's Go.
+STATICCHECK_VERSION=v0.8.2
+STATICCHECK_RELEASE=2026.2.2
+STATICCHECK_BIN=/usr/local/bin/staticcheck
 # runc passes no network-lock method, so this build default is what containers get: nftables (the project
 # uses nftables; the iptables package is not needed).
 CRIU_MAKE_FLAGS=(NETWORK_LOCK_DEFAULT=NETWORK_LOCK_NFTABLES)
@@ -139,7 +146,7 @@ install_packages() {
 	# Tools the project calls must now be there.
 	local t
 	for t in qemu-system-x86_64 qemu-img runc busybox ip nft dnsmasq mkfs.btrfs mkfs.ext4 debootstrap swtpm \
-		zstd xz lxcfs newuidmap socat rsync depmod readelf file mformat syslinux grub-mkstandalone; do
+		zstd xz lxcfs newuidmap socat rsync depmod readelf file mformat syslinux grub-mkstandalone gcc; do
 		command -v "$t" >/dev/null || die "'$t' is still missing after installing packages"
 	done
 	[ -e /usr/share/OVMF/OVMF_CODE.fd ] || [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || die "OVMF firmware missing"
@@ -376,6 +383,23 @@ lazy_sysctls() {
 		"fs.pipe-max-size = $PIPE_MAX_SIZE" >"$conf"
 }
 
+# ---------------------------------------------------------------------------------------------------
+# staticcheck, pinned, built by the Go toolchain the project builds with (from the module proxy).
+install_staticcheck() {
+	if [ -x $STATICCHECK_BIN ] && $STATICCHECK_BIN -version 2>/dev/null | grep -q "^staticcheck $STATICCHECK_RELEASE "; then
+		return 0
+	fi
+	local gobin
+	gobin=$(PATH="$PATH:/usr/local/go/bin" command -v go) || die "no Go toolchain (expected /usr/local/go/bin/go)"
+	log "staticcheck $STATICCHECK_VERSION into $(dirname $STATICCHECK_BIN)"
+	GOBIN=$(dirname $STATICCHECK_BIN) "$gobin" install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" \
+		>"$BUILD_DIR/staticcheck-install.log" 2>&1 || {
+		tail -20 "$BUILD_DIR/staticcheck-install.log" >&2
+		die "go install staticcheck failed (log: $BUILD_DIR/staticcheck-install.log)"
+	}
+	$STATICCHECK_BIN -version | grep -q "^staticcheck $STATICCHECK_RELEASE " || die "staticcheck is not $STATICCHECK_RELEASE after installing it"
+}
+
 preflight
 install_packages
 install_criu
@@ -383,6 +407,7 @@ install_guest_kernel
 tun_device
 qemu_user
 lazy_sysctls
+install_staticcheck
 if [ $CHECK = 1 ]; then
 	log "CRIU check (scripts/check-criu.sh)"
 	bash "$HERE/check-criu.sh"

@@ -83,7 +83,7 @@ func serve(ctx context.Context, port, device string) error {
 	}
 	defer f.Close()
 	context.AfterFunc(ctx, func() { f.Close() })
-	srv := &agent.Server{Logf: log.Printf}
+	srv := &agent.Server{}
 	for ctx.Err() == nil {
 		err := srv.Serve(ctx, f)
 		if err != nil && !errors.Is(err, io.EOF) {

@@ -27,7 +27,7 @@ func parseDevice(spec string) (string, map[string]string, error) {
 	parts := strings.Split(spec, ",")
 	name := strings.TrimSpace(parts[0])
 	if name == "" || strings.Contains(name, "=") {
-		return "", nil, fmt.Errorf("invalid device %q: want NAME,type=TYPE,key=value...", spec)
+		return "", nil, fmt.Errorf("invalid device %q: want NAME,type=TYPE,key=value,…", spec)
 	}
 	settings, err := parseKeyValues(parts[1:])
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"tandem/internal/daemon"
 	"tandem/internal/driver/container"
 	"tandem/internal/driver/vm"
+	"tandem/internal/logctx"
 )
 
 func main() {
@@ -52,7 +53,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := daemon.Run(ctx, cfg); err != nil {
-		slog.Error("tandemd failed", "err", err)
+		logctx.From(ctx).Error("tandemd failed", "err", err)
 		os.Exit(1)
 	}
 }

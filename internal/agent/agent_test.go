@@ -24,7 +24,7 @@ func pair(t *testing.T) (*Client, *Server) {
 	}
 	guest := fileConn(t, fds[0])
 	host := fileConn(t, fds[1])
-	srv := &Server{Logf: t.Logf}
+	srv := &Server{}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() { srv.Serve(ctx, guest); close(served) }()
@@ -237,7 +237,7 @@ func TestResyncAfterGarbage(t *testing.T) {
 	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	guest, host := fileConn(t, fds[0]), fileConn(t, fds[1])
 	defer guest.Close()
-	srv := &Server{Logf: t.Logf}
+	srv := &Server{}
 	go srv.Serve(context.Background(), guest)
 	host.Write([]byte(`{"t":"exec","id":7,"exec":{"cmd":["touch","/tmp/SHOULD-NOT`)) // torn, and before hello
 	cl, err := NewClient(ctxT(t, 5*time.Second), host)
@@ -256,7 +256,7 @@ func TestRequestsBeforeHelloIgnored(t *testing.T) {
 	guest, host := fileConn(t, fds[0]), fileConn(t, fds[1])
 	defer guest.Close()
 	marker := filepath.Join(t.TempDir(), "ran")
-	srv := &Server{Logf: t.Logf}
+	srv := &Server{}
 	go srv.Serve(context.Background(), guest)
 	host.Write([]byte("\n{\"t\":\"exec\",\"id\":7,\"exec\":{\"cmd\":[\"touch\",\"" + marker + "\"]}}\n"))
 	cl, err := NewClient(ctxT(t, 5*time.Second), host)
@@ -277,7 +277,7 @@ func TestAgentRestartRehandshakes(t *testing.T) {
 	fds, _ := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	guest, host := fileConn(t, fds[0]), fileConn(t, fds[1])
 	defer guest.Close()
-	old := &Server{Logf: t.Logf}
+	old := &Server{}
 	oldDone := make(chan struct{})
 	go func() { old.Serve(context.Background(), guest); close(oldDone) }()
 	cl, err := NewClient(ctxT(t, 5*time.Second), host)
@@ -294,7 +294,7 @@ func TestAgentRestartRehandshakes(t *testing.T) {
 	guest.SetReadDeadline(time.Unix(1, 0)) // the old agent dies
 	<-oldDone
 	guest.SetReadDeadline(time.Time{})
-	go (&Server{Logf: t.Logf}).Serve(context.Background(), guest)
+	go (&Server{}).Serve(context.Background(), guest)
 	select {
 	case err := <-running:
 		if err == nil || !strings.Contains(err.Error(), "restarted") {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,8 +13,6 @@ import (
 // Server is the guest end: it runs commands and moves files for the host. Serve may be called
 // again on the same port after the host went away; each call starts with no requests.
 type Server struct {
-	Logf func(format string, args ...any) // default log.Printf
-
 	mu        sync.Mutex
 	nonce     string
 	live      bool // a hello has been answered on this connection
@@ -27,14 +24,6 @@ type serverReq struct {
 	cancel context.CancelFunc
 	signal func(sig int)           // exec only
 	resize func(rows, cols uint16) // exec with a terminal only
-}
-
-func (s *Server) logf(format string, args ...any) {
-	if s.Logf != nil {
-		s.Logf(format, args...)
-	} else {
-		log.Printf(format, args...)
-	}
 }
 
 // Serve handles one connection until rw fails or reports end of file, which on a virtio-serial

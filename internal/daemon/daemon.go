@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +24,7 @@ import (
 	"tandem/internal/hostinfo"
 	"tandem/internal/image"
 	"tandem/internal/instance"
+	"tandem/internal/logctx"
 	"tandem/internal/migrate"
 	"tandem/internal/network"
 	"tandem/internal/operations"
@@ -162,7 +162,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("re-adopt instances: %w", err)
 		}
-		slog.Info("re-adopted instances from their record copies", "count", len(names), "names", names)
+		logctx.From(ctx).Info("re-adopted instances from their record copies", "count", len(names), "names", names)
 	}
 	if err := instances.Recover(ctx); err != nil {
 		return fmt.Errorf("recover instances: %w", err)
@@ -194,7 +194,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	go func() { errc <- httpSrv.Serve(unixL) }()
-	slog.Info("tandemd serving", "socket", SocketPath(cfg.Dir), "drivers", drivers.Names())
+	logctx.From(ctx).Info("tandemd serving", "socket", SocketPath(cfg.Dir), "drivers", drivers.Names())
 
 	if cfg.Listen != "" {
 		tlsL, err := listenTLS(cfg.Listen, trusted.ServerConfig(cert))
@@ -202,15 +202,15 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		go func() { errc <- httpSrv.Serve(tlsL) }()
-		slog.Info("tandemd serving HTTPS", "address", tlsL.Addr().String())
+		logctx.From(ctx).Info("tandemd serving HTTPS", "address", tlsL.Addr().String())
 	}
 
 	select {
 	case <-ctx.Done():
-		slog.Info("shutting down; instances keep running")
+		logctx.From(ctx).Info("shutting down; instances keep running")
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
-			slog.Error("API server failed", "err", err)
+			logctx.From(ctx).Error("API server failed", "err", err)
 		}
 	}
 	cancelBase()

@@ -157,7 +157,7 @@ func (w *walker) member(hdr *tar.Header, tr io.Reader, h walkHandlers) error {
 	if err != nil {
 		return memberErr(hdr.Name, "%v", err)
 	}
-	if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA || hdr.Typeflag == tar.TypeGNUSparse {
+	if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeGNUSparse {
 		if hdr.Size < 0 || hdr.Size > w.limits.MaxBytes-w.res.unpackedSize {
 			return memberErr(hdr.Name, "content exceeds the size limit of %d bytes", w.limits.MaxBytes)
 		}
@@ -207,7 +207,7 @@ func cleanMemberName(name string) (string, error) {
 }
 
 func (w *walker) metadata(hdr *tar.Header, tr io.Reader) error {
-	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+	if hdr.Typeflag != tar.TypeReg {
 		return memberErr(hdr.Name, "must be a regular file")
 	}
 	if w.metaOK {
@@ -229,7 +229,7 @@ func (w *walker) metadata(hdr *tar.Header, tr io.Reader) error {
 }
 
 func (w *walker) disk(hdr *tar.Header, format string, tr io.Reader, h walkHandlers) error {
-	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA {
+	if hdr.Typeflag != tar.TypeReg {
 		return memberErr(hdr.Name, "must be a regular file")
 	}
 	if w.res.diskFormat != "" {
@@ -338,7 +338,7 @@ func (w *walker) checkRootfs(m *member) (entryKind, error) {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		kind = kindDir
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // tar.Reader reads the legacy TypeRegA as TypeReg
 		kind = kindFile
 	case tar.TypeSymlink:
 		kind = kindSymlink

@@ -10,16 +10,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/progress"
+	"tandem/internal/testenv"
 )
 
 // TestBusyboxImageLifecycle builds the busybox image, exports it, deletes it, imports it back
 // (same fingerprint), unpacks it and makes a root disk from it.
 func TestBusyboxImageLifecycle(t *testing.T) {
-	requireRoot(t)
-	if _, err := findBusybox(""); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
+	testenv.Require(t, "root", "busybox")
 	s := openStore(t)
 	var phases []string
 	ctx := progress.With(context.Background(), func(p int, msg string) {
@@ -90,7 +89,7 @@ func TestBusyboxImageLifecycle(t *testing.T) {
 	if err != nil || string(out) != "busybox\nroot\n" {
 		t.Errorf("chroot: %q %v", out, err)
 	}
-	if _, err := lookTool("mkfs.ext4"); err == nil {
+	if _, err := hostexec.Look("mkfs.ext4"); err == nil {
 		disk, err := BuildRootDisk(context.Background(), rootfs, filepath.Join(t.TempDir(), "busybox.qcow2"), 0)
 		if err != nil {
 			t.Fatal(err)

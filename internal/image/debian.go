@@ -3,11 +3,11 @@ package image
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -16,6 +16,8 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/hostexec"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -48,7 +50,7 @@ func BuildDebian(ctx context.Context, opts DebianOptions) (string, error) {
 	if os.Geteuid() != 0 {
 		return "", errdefs.Unavailable("building a Debian image needs root (debootstrap)")
 	}
-	debootstrap, err := lookTool("debootstrap")
+	debootstrap, err := hostexec.Look("debootstrap")
 	if err != nil {
 		return "", err
 	}
@@ -75,7 +77,7 @@ func BuildDebian(ctx context.Context, opts DebianOptions) (string, error) {
 	if err := runDebootstrap(ctx, debootstrap, args); err != nil {
 		return "", err
 	}
-	slog.Info("image: debootstrap done", "release", opts.Release, "took", time.Since(start).Round(time.Second))
+	logctx.From(ctx).Info("image: debootstrap done", "release", opts.Release, "took", time.Since(start).Round(time.Second))
 
 	progress.Report(ctx, 80, "configuring the rootfs")
 	if err := configureDebian(ctx, target); err != nil {
@@ -133,19 +135,15 @@ var debootstrapPhases = []struct {
 	{"I: Configuring the base system", 65}, {"I: Base system installed", 79},
 }
 
-// runDebootstrap runs debootstrap in its own process group, so that a cancelled build also kills
-// the dpkg and apt it started, and keeps the tail of its output for the error.
+// runDebootstrap runs debootstrap (in its own process group: a cancelled build also kills the dpkg
+// and apt it started), reports its phases, and keeps the tail of its output for the error.
 func runDebootstrap(ctx context.Context, path string, args []string) error {
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C")
+	ctx, cancel := context.WithTimeout(ctx, debootstrapTimeout)
+	defer cancel()
+	c := hostexec.Command(path, args...)
+	c.Env = []string{"DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"}
 	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		return err
-	}
+	c.Stdout, c.Stderr = pw, pw
 	var tail []string
 	done := make(chan struct{})
 	go func() {
@@ -168,17 +166,20 @@ func runDebootstrap(ctx context.Context, path string, args []string) error {
 		}
 		io.Copy(io.Discard, pr)
 	}()
-	err := cmd.Wait()
+	err := c.Run(ctx)
 	pw.Close()
 	<-done
+	if ee := (*hostexec.ExitError)(nil); errors.As(err, &ee) {
+		return fmt.Errorf("debootstrap %s: %w:\n%s", strings.Join(args, " "), ee.Err, strings.Join(tail, "\n"))
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("debootstrap: %w", ctx.Err())
-		}
-		return fmt.Errorf("debootstrap %s: %w:\n%s", strings.Join(args, " "), err, strings.Join(tail, "\n"))
+		return fmt.Errorf("debootstrap: %w", err)
 	}
 	return nil
 }
+
+// debootstrapTimeout bounds a whole debootstrap: minutes from a good mirror, more from a slow one.
+const debootstrapTimeout = time.Hour
 
 // configureDebian turns a debootstrapped tree into an image: no host identity, DHCP by networkd.
 func configureDebian(ctx context.Context, root string) error {
@@ -211,7 +212,7 @@ func configureDebian(ctx context.Context, root string) error {
 			return err
 		}
 	}
-	if err := runTool(ctx, "chroot", root, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service"); err != nil {
+	if err := hostexec.Command("chroot", root, "systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service").Run(ctx); err != nil {
 		return err
 	}
 	if err := lockRootPassword(filepath.Join(root, "etc/shadow")); err != nil {

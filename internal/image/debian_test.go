@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -30,28 +29,20 @@ func TestDebianImage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: debootstrap takes minutes (-short)")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (ownership, chroot)")
-	}
-	if _, err := exec.LookPath("debootstrap"); err != nil {
-		if _, err := os.Stat("/usr/sbin/debootstrap"); err != nil {
-			testenv.Missing(t, "debootstrap is not installed; run scripts/setup.sh")
-		}
-	}
+	testenv.Require(t, "root", "debootstrap")
 	mirror := image.FindDebianMirror("/", "bookworm")
 	if strings.HasPrefix(mirror, "http") {
 		hc := &http.Client{Timeout: 15 * time.Second}
 		resp, err := hc.Get(mirror + "/dists/bookworm/Release")
 		if err != nil {
-			t.Skipf("skipping: mirror %s unreachable: %v", mirror, err)
+			testenv.Unsupported(t, "mirror %s unreachable: %v", mirror, err)
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			t.Skipf("skipping: mirror %s: %s", mirror, resp.Status)
+			testenv.Unsupported(t, "mirror %s: %s", mirror, resp.Status)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 15*time.Minute)
 	last := ""
 	ctx = progress.With(ctx, func(p int, msg string) {
 		if msg != last {
@@ -127,7 +118,7 @@ func checkDebianTree(t *testing.T, rootfs string) {
 // bootDebian launches the image on a VM driver over the store's rootfs cache. Every wait has a
 // deadline and says "hung" when it passes.
 func bootDebian(t *testing.T, ctx context.Context, images driver.Images, fingerprint string) {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	d := vmtest.NewDriver(t, vmtest.NewDirs(t), images)
 	h, err := d.Create(ctx, &driver.Spec{ID: uuid.NewString(), Name: "deb1", Type: "vm", Image: fingerprint,
 		Config: map[string]string{"limits.memory": "512MiB"}})

@@ -1,19 +1,17 @@
 package image
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/hostexec"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -24,38 +22,12 @@ type RootDisk struct {
 	Size   int64  // virtual size in bytes
 }
 
-// lookTool finds a tool on PATH or in the sbin directories (which a non-root PATH often lacks).
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", errdefs.Unavailable("%s is not installed; run scripts/setup.sh", name)
-}
-
-// runTool runs a command and folds its output into the error, which is all an operator will see.
-func runTool(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("%s %s: %w: %s", filepath.Base(name), strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
 // BuildRootDisk makes an ext4 filesystem holding rootfsDir without mounting anything (mkfs.ext4 -d
 // copies the tree, ownership included), then converts it to qcow2 for use as a base image. With
 // sizeBytes 0 the size is the tree's size plus headroom. Without qemu-img the disk stays raw and is
 // written next to out with a .raw extension; the result says which.
 func BuildRootDisk(ctx context.Context, rootfsDir, out string, sizeBytes int64) (*RootDisk, error) {
-	mkfs, err := lookTool("mkfs.ext4")
+	mkfs, err := hostexec.Look("mkfs.ext4")
 	if err != nil {
 		return nil, err
 	}
@@ -81,15 +53,15 @@ func BuildRootDisk(ctx context.Context, rootfsDir, out string, sizeBytes int64) 
 	}
 	progress.Report(ctx, 10, "making ext4 filesystem")
 	// -m 0: no blocks reserved for root on a single-purpose root disk.
-	if err := runTool(ctx, mkfs, "-q", "-F", "-t", "ext4", "-m", "0", "-L", "rootfs",
-		"-E", "root_owner=0:0", "-d", rootfsDir, raw); err != nil {
+	if err := hostexec.Command(mkfs, "-q", "-F", "-t", "ext4", "-m", "0", "-L", "rootfs",
+		"-E", "root_owner=0:0", "-d", rootfsDir, raw).Run(ctx); err != nil {
 		return nil, err
 	}
 	disk := &RootDisk{Path: out, Format: DiskQcow2, Size: sizeBytes}
-	qemuImg, qerr := lookTool("qemu-img")
+	qemuImg, qerr := hostexec.Look("qemu-img")
 	if qerr != nil {
 		disk.Format, disk.Path = DiskRaw, strings.TrimSuffix(out, ".qcow2")+".raw"
-		slog.Warn("image: qemu-img not found, keeping the root disk raw", "path", disk.Path)
+		logctx.From(ctx).Warn("image: qemu-img not found, keeping the root disk raw", "path", disk.Path)
 		if err := os.Rename(raw, disk.Path); err != nil {
 			return nil, err
 		}
@@ -97,7 +69,7 @@ func BuildRootDisk(ctx context.Context, rootfsDir, out string, sizeBytes int64) 
 		progress.Report(ctx, 70, "converting to qcow2")
 		tmp := out + ".partial"
 		defer os.Remove(tmp)
-		if err := runTool(ctx, qemuImg, "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp); err != nil {
+		if err := hostexec.Command(qemuImg, "convert", "-q", "-f", "raw", "-O", "qcow2", raw, tmp).Run(ctx); err != nil {
 			return nil, err
 		}
 		if err := syncFile(tmp); err != nil {

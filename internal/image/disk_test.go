@@ -8,12 +8,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"tandem/internal/hostexec"
+	"tandem/internal/testenv"
 )
 
 // checkExt4 reads a file out of an ext4 image with debugfs (no mount needed).
 func checkExt4(t *testing.T, img, path, want string) {
 	t.Helper()
-	debugfs, err := lookTool("debugfs")
+	debugfs, err := hostexec.Look("debugfs")
 	if err != nil {
 		t.Logf("debugfs not installed: contents not checked")
 		return
@@ -25,9 +28,7 @@ func checkExt4(t *testing.T, img, path, want string) {
 }
 
 func TestBuildRootDisk(t *testing.T) {
-	if _, err := lookTool("mkfs.ext4"); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
+	testenv.Require(t, "e2fsprogs")
 	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
 	os.WriteFile(filepath.Join(src, "etc/hostname"), []byte("disk\n"), 0o644)
@@ -58,7 +59,7 @@ func TestBuildRootDisk(t *testing.T) {
 			t.Errorf("raw disk named %s", disk.Path)
 		}
 		checkExt4(t, disk.Path, "/etc/hostname", "disk\n")
-		if _, err := lookTool("qemu-img"); err != nil {
+		if _, err := hostexec.Look("qemu-img"); err != nil {
 			t.Logf("qemu-img not installed: kept raw (%v)", err)
 		}
 	}

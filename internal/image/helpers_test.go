@@ -145,10 +145,3 @@ func assertStoreEmpty(t testing.TB, s *Store) {
 		}
 	}
 }
-
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (ownership, chroot)")
-	}
-}

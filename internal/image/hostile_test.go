@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 // hostileCase is an archive that must be refused, with a phrase the error must contain.
@@ -196,7 +197,7 @@ func TestHostileImport(t *testing.T) {
 // TestHostileUnpack runs the rootfs cases through Unpack directly (it does not rely on an import
 // having validated the archive) and checks that nothing is left behind, inside or outside.
 func TestHostileUnpack(t *testing.T) {
-	requireRoot(t)
+	testenv.Require(t, "root")
 	for _, tc := range hostileCases() {
 		if !tc.rootfs {
 			continue

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -148,7 +148,7 @@ func (s *Store) importReader(ctx context.Context, r io.Reader, size int64, opts 
 		return nil, err
 	}
 	progress.Report(ctx, 100, "image imported")
-	slog.Info("image: imported", "fingerprint", fp, "os", img.Metadata.OS, "release", img.Metadata.Release, "format", img.Format)
+	logctx.From(ctx).Info("image: imported", "fingerprint", fp, "os", img.Metadata.OS, "release", img.Metadata.Release, "format", img.Format)
 	return s.Get(fp)
 }
 

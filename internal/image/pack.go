@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"tandem/internal/logctx"
 
 	"golang.org/x/sys/unix"
 )
@@ -203,7 +204,7 @@ func PackRootfs(ctx context.Context, w io.Writer, dir string, meta *Metadata, op
 		return fmt.Errorf("pack %s: %w", dir, err)
 	}
 	if skipped > 0 {
-		slog.Debug("image: skipped device nodes and sockets while packing", "dir", dir, "count", skipped)
+		logctx.From(ctx).Debug("image: skipped device nodes and sockets while packing", "dir", dir, "count", skipped)
 	}
 	return iw.Close()
 }

@@ -8,13 +8,15 @@ import (
 	"syscall"
 	"testing"
 
+	"tandem/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
 // TestPackRoundTrip packs a tree the way publish and the Debian builder do, imports it and unpacks
 // it again: ownership, setuid, hardlinks, fifos and file capabilities survive, /dev contents do not.
 func TestPackRoundTrip(t *testing.T) {
-	requireRoot(t)
+	testenv.Require(t, "root")
 	src := t.TempDir()
 	for _, d := range []string{"usr/bin", "home/u", "dev", "run"} {
 		os.MkdirAll(filepath.Join(src, d), 0o755)

@@ -17,6 +17,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/logctx"
 )
 
 // UnpackOptions bound and tune Unpack.
@@ -43,7 +44,7 @@ func Unpack(ctx context.Context, r io.Reader, target string, opts UnpackOptions)
 	defer func() {
 		if err != nil {
 			if rerr := os.RemoveAll(tmp); rerr != nil {
-				slog.Warn("image: cannot remove partial unpack", "dir", tmp, "err", rerr)
+				logctx.From(ctx).Warn("image: cannot remove partial unpack", "dir", tmp, "err", rerr)
 			}
 		}
 	}()
@@ -185,7 +186,7 @@ func (x *extractor) extract(m *member, content io.Reader) error {
 	}
 	mode := uint32(hdr.Mode) & 0o7777
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // tar.Reader reads the legacy TypeRegA as TypeReg
 		return x.writeFile(pfd, base, hdr, content)
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {

@@ -17,11 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 // TestUnpackPreserves checks ownership, modes (setuid too), mtimes, links, fifos and xattrs.
 func TestUnpackPreserves(t *testing.T) {
-	requireRoot(t)
+	testenv.Require(t, "root")
 	old := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	capHdr := file("rootfs/usr/bin/ping")
 	capHdr.PAXRecords = map[string]string{"SCHILY.xattr.user.tandem": "yes"}
@@ -104,7 +105,7 @@ func TestUnpackPreserves(t *testing.T) {
 }
 
 func TestUnpackRootfsFromStore(t *testing.T) {
-	requireRoot(t)
+	testenv.Require(t, "root")
 	s := openStore(t)
 	img, err := s.Import(context.Background(), bytes.NewReader(unifiedImage(t, CompressionGzip, nil, nil)), ImportOptions{})
 	if err != nil {

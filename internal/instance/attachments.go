@@ -2,9 +2,9 @@ package instance
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 
+	"tandem/internal/logctx"
 	"tandem/internal/storage"
 	"tandem/internal/store"
 )
@@ -35,7 +35,7 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 	}
 	have, err := m.volumes.LocalAttachments(ctx)
 	if err != nil {
-		slog.Error("list volume attachments to reconcile them", "err", err)
+		logctx.From(ctx).Error("list volume attachments to reconcile them", "err", err)
 		return
 	}
 	known := map[string]*store.InstanceRecord{}
@@ -57,10 +57,10 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 		case want[key]:
 			found[key] = true
 		default:
-			slog.Warn("dropping a stale attachment: the instance has no such disk (a crash cut an attach or detach short)",
+			logctx.From(ctx).Warn("dropping a stale attachment: the instance has no such disk (a crash cut an attach or detach short)",
 				"pool", a.Pool, "volume", a.Volume, "instance", a.Instance)
 			if err := m.volumes.Detach(ctx, a.Pool, a.Volume, a.Instance); err != nil {
-				slog.Error("drop stale attachment", "pool", a.Pool, "volume", a.Volume, "instance", a.Instance, "err", err)
+				logctx.From(ctx).Error("drop stale attachment", "pool", a.Pool, "volume", a.Volume, "instance", a.Instance, "err", err)
 			}
 		}
 	}
@@ -73,9 +73,9 @@ func (m *Manager) reconcileAttachments(ctx context.Context, recs []*store.Instan
 			if found[attachmentKey(diskPool(dev), dev["source"], rec.Name)] {
 				continue
 			}
-			slog.Warn("recording an attachment the volume had lost", "instance", rec.Name, "disk", name, "volume", dev["source"])
+			logctx.From(ctx).Warn("recording an attachment the volume had lost", "instance", rec.Name, "disk", name, "volume", dev["source"])
 			if err := m.volumes.Attach(ctx, diskPool(dev), dev["source"], rec.Name, dev["readonly"] == "true"); err != nil {
-				slog.Error("record attachment", "instance", rec.Name, "disk", name, "err", err)
+				logctx.From(ctx).Error("record attachment", "instance", rec.Name, "disk", name, "err", err)
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/storage"
 	"tandem/internal/store"
 )
@@ -175,12 +176,12 @@ func (m *Manager) unplugDisks(ctx context.Context, drv driver.Driver, rec *store
 		}
 		if running && hp != nil {
 			if err := hp.RemoveDisk(ctx, rec.Handle, name, c.disk); err != nil {
-				slog.Error("unplug disk", "instance", rec.Name, "disk", name, "err", err)
+				logctx.From(ctx).Error("unplug disk", "instance", rec.Name, "disk", name, "err", err)
 			}
 		}
 		for _, f := range c.undo {
 			if err := f(); err != nil {
-				slog.Warn("give volume back", "instance", rec.Name, "disk", name, "err", err)
+				logctx.From(ctx).Warn("give volume back", "instance", rec.Name, "disk", name, "err", err)
 			}
 		}
 	}
@@ -229,7 +230,7 @@ func (m *Manager) readoptDisks(ctx context.Context, rec *store.InstanceRecord) {
 		pool, source := diskPool(dev), dev["source"]
 		release, err := m.volumes.Acquire(ctx, pool, source, rec.Name)
 		if err != nil {
-			slog.Error("take back volume lease", "instance", rec.Name, "disk", name, "err", err)
+			logctx.From(ctx).Error("take back volume lease", "instance", rec.Name, "disk", name, "err", err)
 			continue
 		}
 		undo := []func() error{release}

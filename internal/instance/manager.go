@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
 	"tandem/internal/events"
+	"tandem/internal/logctx"
 	"tandem/internal/operations"
 	"tandem/internal/store"
 )
@@ -101,7 +101,7 @@ func (m *Manager) runLocked(name, description string, check func() error, fn fun
 	}
 	return m.ops.Run(op, func(ctx context.Context, op *operations.Op) error {
 		defer m.unlock(name)
-		return fn(ctx, op)
+		return fn(logctx.With(ctx, "instance", name), op)
 	}), nil
 }
 
@@ -236,18 +236,18 @@ func (m *Manager) rollbackCreate(rec *store.InstanceRecord, drv driver.Driver) {
 		drv.Stop(ctx, rec.Handle, driver.StopOpts{Force: true})
 	}
 	if err := drv.Delete(ctx, rec.Handle); err != nil {
-		slog.Error("rollback of failed create left driver state", "instance", rec.Name, "err", err)
+		logctx.From(ctx).Error("rollback of failed create left driver state", "instance", rec.Name, "err", err)
 		return // keep the record so a later delete can retry
 	}
 	m.detachNICs(rec.Name, rec.Desired.Devices, allNICs(rec.Desired.Devices))
 	m.detachVolumes(rec.Name, rec.Desired.Devices, allDisks(rec.Desired.Devices))
 	if err := m.deleteRoot(ctx, rec); err != nil {
-		slog.Error("rollback of failed create left the root disk", "instance", rec.Name, "err", err)
+		logctx.From(ctx).Error("rollback of failed create left the root disk", "instance", rec.Name, "err", err)
 		return // keep the record so a later delete can retry
 	}
 	m.unrefImage(rec.Handle.Spec.Image, rec.Name)
 	if err := m.store.DeleteInstance(rec.Name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		slog.Error("rollback of failed create", "instance", rec.Name, "err", err)
+		logctx.From(ctx).Error("rollback of failed create", "instance", rec.Name, "err", err)
 	}
 }
 
@@ -302,7 +302,7 @@ func (m *Manager) saveHandle(ctx context.Context, name string, drv driver.Driver
 		r.Observed = obs
 		return nil
 	}); err != nil {
-		slog.Error("persist instance handle", "instance", name, "err", err)
+		logctx.From(ctx).Error("persist instance handle", "instance", name, "err", err)
 	}
 }
 

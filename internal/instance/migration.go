@@ -311,10 +311,6 @@ func (m *Manager) freshRootDevice(ctx context.Context, devices api.Devices, pool
 
 // createFresh makes the root (from the image) and the driver's instance of an incoming record
 // made anew; the source then overwrites the root's contents. On error Drop undoes the root.
-func (in *Incoming) createFreshFailed(err error) error {
-	return fmt.Errorf("making %s here: %w", in.Record.Name, err)
-}
-
 func (m *Manager) createFresh(ctx context.Context, in *Incoming) error {
 	rec := in.Record
 	if err := m.makeRoot(ctx, rec, in.Driver, newRoot); err != nil {

@@ -3,12 +3,12 @@ package instance
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"maps"
 
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/network"
 	"tandem/internal/store"
 )
@@ -89,7 +89,7 @@ func (m *Manager) detachNICs(instance string, devices map[string]map[string]stri
 	ctx := context.Background()
 	for _, name := range names {
 		if err := m.networks.Detach(ctx, network.DeviceNetwork(devices[name]), instance, name); err != nil {
-			slog.Error("release NIC address", "instance", instance, "nic", name, "err", err)
+			logctx.From(ctx).Error("release NIC address", "instance", instance, "nic", name, "err", err)
 		}
 	}
 }
@@ -102,7 +102,7 @@ func (m *Manager) unplugNICs(ctx context.Context, instance string, devices map[s
 	}
 	for _, name := range allNICs(devices) {
 		if err := m.networks.Unplug(ctx, network.DeviceNetwork(devices[name]), instance, name); err != nil {
-			slog.Warn("unplug NIC", "instance", instance, "nic", name, "err", err)
+			logctx.From(ctx).Warn("unplug NIC", "instance", instance, "nic", name, "err", err)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/fsutil"
+	"tandem/internal/logctx"
 	"tandem/internal/network"
 	"tandem/internal/store"
 )
@@ -91,7 +92,7 @@ func (m *Manager) orphanGuests(ctx context.Context, known map[string]bool) []api
 		}
 		ids, err := inv.InstanceIDs(ctx)
 		if err != nil {
-			slog.Warn("list the driver's instances", "driver", name, "err", err)
+			logctx.From(ctx).Warn("list the driver's instances", "driver", name, "err", err)
 			continue
 		}
 		for _, id := range ids {
@@ -115,16 +116,16 @@ func (m *Manager) orphanGuests(ctx context.Context, known map[string]bool) []api
 func (m *Manager) reportOrphans(ctx context.Context) {
 	orphans, err := m.Orphans(ctx)
 	if err != nil {
-		slog.Error("look for guests and volumes the state file does not know", "err", err)
+		logctx.From(ctx).Error("look for guests and volumes the state file does not know", "err", err)
 		return
 	}
 	for _, o := range orphans {
-		slog.Warn("found something no instance record accounts for (a lost state file?); it is left alone and its root is not reused",
+		logctx.From(ctx).Warn("found something no instance record accounts for (a lost state file?); it is left alone and its root is not reused",
 			"kind", o.Kind, "name", o.Name, "driver", o.Driver, "id", o.ID, "status", o.Status, "pool", o.Pool,
 			"volume", o.Volume, "network", o.Network, "nic", o.NIC, "address", o.Address, "held_by", o.HeldBy)
 	}
 	if len(orphans) > 0 {
-		slog.Warn("orphans found: `tandem host orphans` lists them; restart tandemd with --recover to re-adopt "+
+		logctx.From(ctx).Warn("orphans found: `tandem host orphans` lists them; restart tandemd with --recover to re-adopt "+
 			"the instances whose record copy it keeps", "count", len(orphans))
 	}
 }

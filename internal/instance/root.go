@@ -11,6 +11,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
 	"tandem/internal/fsutil"
+	"tandem/internal/logctx"
 	"tandem/internal/storage"
 	"tandem/internal/store"
 	"tandem/internal/units"
@@ -254,7 +255,7 @@ func (m *Manager) letIdleRootGo(ctx context.Context, rec *store.InstanceRecord, 
 	}
 	defer m.unlock(rec.Name)
 	if err := drv.Stop(ctx, rec.Handle, driver.StopOpts{Force: true}); err != nil && !errors.Is(err, driver.ErrNotRunning) {
-		slog.Warn("clean up after an instance that stopped by itself", "instance", rec.Name, "err", err)
+		logctx.From(ctx).Warn("clean up after an instance that stopped by itself", "instance", rec.Name, "err", err)
 		return
 	}
 	m.letRootGo(rec.Name)

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 
 	"tandem/api"
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/operations"
 	"tandem/internal/storage"
 	"tandem/internal/store"
@@ -44,7 +44,7 @@ func stateSnapshots(ctx context.Context, drv driver.Driver, h *driver.Handle) []
 	}
 	names, err := ss.StateSnapshots(ctx, h)
 	if err != nil {
-		slog.Warn("list stateful snapshots", "instance", h.Spec.Name, "err", err)
+		logctx.From(ctx).Warn("list stateful snapshots", "instance", h.Spec.Name, "err", err)
 	}
 	return names
 }
@@ -148,7 +148,7 @@ func (m *Manager) snapshot(ctx context.Context, name string, req api.InstanceSna
 			}
 			defer func() {
 				if err := p.Resume(context.WithoutCancel(ctx), h); err != nil {
-					slog.Error("resume after a snapshot", "instance", name, "err", err)
+					logctx.From(ctx).Error("resume after a snapshot", "instance", name, "err", err)
 					return // the mark stays: the next recovery tries again
 				}
 				m.setPausedBy(name, "")
@@ -166,7 +166,7 @@ func (m *Manager) snapshot(ctx context.Context, name string, req api.InstanceSna
 	if req.Stateful {
 		if err := drv.(driver.StateSnapshotter).SnapshotState(ctx, h, req.Name); err != nil {
 			if derr := m.volumes.DeleteSnapshot(context.WithoutCancel(ctx), r.Pool, r.Volume, req.Name); derr != nil {
-				slog.Error("drop the disk snapshot of a failed stateful snapshot", "instance", name, "err", derr)
+				logctx.From(ctx).Error("drop the disk snapshot of a failed stateful snapshot", "instance", name, "err", derr)
 			}
 			return fmt.Errorf("save the running state of %s: %w", name, err)
 		}

@@ -42,7 +42,7 @@ func TestGratuitousARPFrame(t *testing.T) {
 // with the right sender MAC and IP, as seen by a packet socket in another namespace on the bridge;
 // the bridge learns the sender's MAC on its port.
 func TestAnnounceOnBridge(t *testing.T) {
-	if !nettest.InFreshNetns(t, "bridge") {
+	if !nettest.InFreshNetns(t) {
 		return
 	}
 	env := nettest.NewEnv(t)

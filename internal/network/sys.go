@@ -1,15 +1,15 @@
 package network
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
+
+	"tandem/internal/hostexec"
 )
 
 // cmdTimeout bounds every helper command so a wedged ip/nft/tc cannot hang the daemon.
@@ -20,20 +20,12 @@ const cmdTimeout = 30 * time.Second
 func run(ctx context.Context, stdin string, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
+	c := hostexec.Command(name, args...)
 	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
+		c.Stdin = strings.NewReader(stdin)
 	}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(errb.String())
-		if msg == "" {
-			msg = err.Error()
-		}
-		return out.String(), fmt.Errorf("%s %s: %s", name, strings.Join(args, " "), msg)
-	}
-	return out.String(), nil
+	out, err := c.Output(ctx)
+	return string(out), err
 }
 
 // link is the part of `ip -j -d link` output tandem looks at.
@@ -47,15 +39,6 @@ type link struct {
 	LinkInfo struct {
 		Kind string `json:"info_kind"`
 	} `json:"linkinfo"`
-}
-
-func (l *link) up() bool {
-	for _, f := range l.Flags {
-		if f == "UP" {
-			return true
-		}
-	}
-	return false
 }
 
 // getLink returns the named interface, or nil when there is none.

@@ -15,6 +15,7 @@ import (
 	"tandem/api"
 	"tandem/internal/errdefs"
 	"tandem/internal/events"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -105,7 +106,8 @@ func (m *Manager) New(description string, resources ...string) *Op {
 		ID: uuid.NewString(), Description: description, Status: api.OpPending,
 		Resources: resources, MayCancel: true, CreatedAt: now, UpdatedAt: now,
 	}}
-	op.ctx, op.cancel = context.WithCancel(context.Background())
+	// Whatever the operation logs says which operation it was (logctx.From(ctx)).
+	op.ctx, op.cancel = context.WithCancel(logctx.With(context.Background(), "op", op.state.ID))
 	return op
 }
 
@@ -149,7 +151,7 @@ func (m *Manager) execute(op *Op, fn func(ctx context.Context, op *Op) error) {
 	op.cancel()
 	close(op.done)
 	if err != nil {
-		slog.Warn("operation failed", "op", final.ID, "description", final.Description, "status", final.Status, "err", err)
+		logctx.From(ctx).Warn("operation failed", "description", final.Description, "status", final.Status, "err", err)
 	}
 }
 

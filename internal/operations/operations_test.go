@@ -1,14 +1,18 @@
 package operations
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"tandem/api"
 	"tandem/internal/events"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 	"tandem/internal/store"
 )
@@ -88,5 +92,23 @@ func TestRecoverMarksInterruptedFailed(t *testing.T) {
 	got, err := m2.Get(op.ID())
 	if err != nil || got.Status != api.OpFailure || got.Err == "" {
 		t.Fatalf("after recover: %+v %v", got, err)
+	}
+}
+
+// What an operation logs through its context says which operation it was.
+func TestOperationContextLogsItsID(t *testing.T) {
+	var buf bytes.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	defer slog.SetDefault(old)
+	m, _ := newManager(t, filepath.Join(t.TempDir(), "state.db"))
+	op := m.New("logs")
+	m.Run(op, func(ctx context.Context, op *Op) error {
+		logctx.From(ctx).Info("working")
+		return nil
+	})
+	<-op.done
+	if want := "op=" + op.ID(); !strings.Contains(buf.String(), want) {
+		t.Fatalf("log %q lacks %s", buf.String(), want)
 	}
 }

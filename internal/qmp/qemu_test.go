@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/qmp"
 	"tandem/internal/testenv"
 )
@@ -25,9 +26,10 @@ type qemuProc struct {
 // and dials its QMP socket. It skips the test when QEMU is absent.
 func startQEMU(t *testing.T, ctx context.Context, args ...string) *qemuProc {
 	t.Helper()
-	bin, err := exec.LookPath("qemu-system-x86_64")
+	testenv.Require(t, "qemu")
+	bin, err := hostexec.Look("qemu-system-x86_64")
 	if err != nil {
-		testenv.Missing(t, "qemu-system-x86_64 not installed (%v)", err)
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qmp.sock")
@@ -88,8 +90,7 @@ func (p *qemuProc) quit(t *testing.T, ctx context.Context) {
 }
 
 func TestRealQEMU(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 30*time.Second)
 	p := startQEMU(t, ctx, "-M", "pc", "-m", "64", "-device", "virtio-serial-pci,id=vs0")
 	c := p.c
 
@@ -156,8 +157,7 @@ func TestRealQEMU(t *testing.T) {
 // Two QEMUs migrate over a unix socket: migrate-incoming, capabilities,
 // parameters, migrate, MIGRATION events and query-migrate all for real.
 func TestRealQEMUMigration(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 60*time.Second)
 	machine := []string{"-M", "pc", "-m", "64"}
 	src := startQEMU(t, ctx, machine...)
 	dst := startQEMU(t, ctx, append(machine, "-incoming", "defer")...)

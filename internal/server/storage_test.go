@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"tandem/api"
 	"tandem/client"
 	"tandem/internal/events"
+	"tandem/internal/hostexec"
 	"tandem/internal/operations"
 	"tandem/internal/storage"
 	"tandem/internal/store"
@@ -121,32 +121,6 @@ func (a *storageAPI) createPool(name string) {
 	}
 }
 
-// storageHasTool finds a tool where the storage package looks for it (sbin directories included).
-func storageHasTool(names ...string) (missing string) {
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err == nil {
-			continue
-		}
-		found := false
-		for _, d := range []string{"/usr/sbin", "/sbin"} {
-			if _, err := os.Stat(filepath.Join(d, n)); err == nil {
-				found = true
-			}
-		}
-		if !found {
-			return n
-		}
-	}
-	return ""
-}
-
-func storageNeedTools(t *testing.T, names ...string) {
-	t.Helper()
-	if n := storageHasTool(names...); n != "" {
-		testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", n)
-	}
-}
-
 func wantStorageStatus(t *testing.T, err error, code int, contains string) {
 	t.Helper()
 	var se *client.StatusError
@@ -227,16 +201,13 @@ func TestStoragePools(t *testing.T) {
 }
 
 func TestStorageBtrfsLoopPool(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: a btrfs pool needs root (loop device, mount, quotas)")
-	}
-	storageNeedTools(t, "mkfs.btrfs", "btrfs", "losetup")
+	testenv.Require(t, "root", "btrfs-progs", "losetup")
 	a := newStorageAPI(t)
 	start := time.Now()
 	p, err := a.c.CreateStoragePool(a.ctx, api.StoragePoolsPost{Name: "bt", Driver: "btrfs", Size: "256MiB"})
 	if err != nil {
 		if strings.Contains(err.Error(), "loop") {
-			t.Skipf("skipped: no loop devices here: %v", err)
+			testenv.Unsupported(t, "no loop devices here: %v", err)
 		}
 		t.Fatal(err)
 	}
@@ -295,7 +266,7 @@ func TestStorageVolumeErrors(t *testing.T) {
 
 // Block volumes are qcow2 files: create, resize, snapshot, restore, copy with progress, delete.
 func TestStorageBlockVolume(t *testing.T) {
-	storageNeedTools(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	a := newStorageAPI(t)
 	a.createPool("default")
 	a.createPool("other")
@@ -432,7 +403,7 @@ func TestStorageBlockVolume(t *testing.T) {
 
 // Filesystem volumes are ext4 images: mkfs, resize2fs and e2fsck work on files without root.
 func TestStorageFilesystemVolume(t *testing.T) {
-	storageNeedTools(t, "mkfs.ext4", "resize2fs", "e2fsck")
+	testenv.Require(t, "e2fsprogs")
 	a := newStorageAPI(t)
 	a.createPool("default")
 	base := "/1.0/storage-pools/default/volumes"
@@ -497,7 +468,7 @@ func TestStorageTypedVolumeRestore(t *testing.T) {
 	}
 	a.wantError("PATCH", base+"/container/c1", `{"size":"1GiB"}`, 400, "plain directory")
 	// Copy to a custom volume with a type in target_name: a directory tree into an ext4 image.
-	if storageHasTool("mkfs.ext4") == "" {
+	if _, err := hostexec.Look("mkfs.ext4"); err == nil {
 		a.waitOK(a.c.CopyStorageVolume(a.ctx, "default", "container/c1", "default", "custom/backup"))
 		if c := a.volume("default", "backup"); c.Type != "custom" || c.Format != "ext4" {
 			t.Fatalf("copy %+v", c)

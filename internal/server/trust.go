@@ -213,12 +213,3 @@ func (s *Server) deleteRemote(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{})
 }
-
-// RemoteClient returns a client for a named remote, authenticated with this host's certificate.
-func (s *Server) RemoteClient(name string) (*client.Client, error) {
-	rm, err := s.Trust.Store.GetRemote(name)
-	if err != nil {
-		return nil, err
-	}
-	return client.NewHTTPS(rm.URL, trust.PinnedClientConfig(s.Trust.Cert, rm.Fingerprint))
-}

@@ -7,10 +7,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 func TestAttachRules(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "d", ContentType: ContentBlock, Size: 8 << 20}))
 	attach := func(inst string, ro bool) error { return m.Attach(ctx, "default", "d", inst, ro) }
@@ -54,7 +55,7 @@ func TestAttachRules(t *testing.T) {
 // A disk QEMU has open (it holds OFD locks on bytes 100+ of the image) cannot be deleted or
 // restored, even when the bookkeeping says nobody uses it.
 func TestQEMULockedDiskRefused(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "d", ContentType: ContentBlock, Size: 8 << 20}))
 	must0(t, m.SnapshotVolume(ctx, "default", "d", "s"))
@@ -73,7 +74,7 @@ func TestQEMULockedDiskRefused(t *testing.T) {
 
 // LocalAttachments lists this host's attachments, for recovery to reconcile and orphans to report.
 func TestLocalAttachments(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "a", ContentType: ContentBlock, Size: 8 << 20}))
 	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "b", ContentType: ContentBlock, Size: 8 << 20}))

@@ -8,6 +8,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/progress"
+	"tandem/internal/testenv"
 )
 
 func TestDirPoolLifecycle(t *testing.T) {
@@ -93,7 +94,7 @@ func TestDirVolumeSnapshotRestore(t *testing.T) {
 }
 
 func TestBlockVolume(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	v := must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "disk1", ContentType: ContentBlock, Size: 64 << 20}))
 	path := must[string](t)(m.VolumePath("default", "disk1"))
@@ -147,7 +148,7 @@ func TestBlockVolume(t *testing.T) {
 
 // Custom filesystem volumes are ext4 images: grow and shrink offline need no root.
 func TestExt4Volume(t *testing.T) {
-	needTool(t, "mkfs.ext4", "resize2fs", "e2fsck", "dumpe2fs")
+	testenv.Require(t, "e2fsprogs")
 	m, ctx := defaultPool(t)
 	v := must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "data", Size: 32 << 20}))
 	img := must[string](t)(m.VolumePath("default", "data"))
@@ -177,7 +178,7 @@ func TestExt4Volume(t *testing.T) {
 }
 
 func TestDeleteRefusedWhileAttached(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	must[*Volume](t)(m.CreateVolume(ctx, "default", VolumeConfig{Name: "d", ContentType: ContentBlock, Size: 8 << 20}))
 	if err := m.Attach(ctx, "default", "d", "v1", false); err != nil {

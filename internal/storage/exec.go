@@ -1,77 +1,24 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/hostexec"
 )
 
-// lookTool finds a tool on PATH or in the sbin directories a non-root PATH often lacks.
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", errdefs.Unavailable("%s is not installed; run scripts/setup.sh", name)
-}
-
-// run runs a tool and folds its output into the error, which is all an operator will see.
+// run runs a tool (LC_ALL=C: its words are matched) and folds its output into the error, which
+// is all an operator will see; a cancelled or timed-out one is killed and is errdefs.ErrCancelled.
 func run(ctx context.Context, name string, args ...string) (string, error) {
-	path, err := lookTool(name)
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.WaitDelay = 5 * time.Second
-	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return out.String(), fmt.Errorf("%s: %w", name, errors.Join(errdefs.ErrCancelled, ctx.Err()))
-		}
-		return out.String(), &toolError{cmd: name + " " + strings.Join(args, " "), err: err, out: strings.TrimSpace(out.String())}
-	}
-	return out.String(), nil
-}
-
-// toolError is a failed command with its output.
-type toolError struct {
-	cmd string
-	err error
-	out string
-}
-
-func (e *toolError) Error() string {
-	if e.out == "" {
-		return fmt.Sprintf("%s: %v", e.cmd, e.err)
-	}
-	return fmt.Sprintf("%s: %v: %s", e.cmd, e.err, e.out)
-}
-
-func (e *toolError) Unwrap() error { return e.err }
-
-// exitCode is a failed command's exit status, or -1.
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	return -1
+	c := hostexec.Command(name, args...)
+	c.Env = []string{"LC_ALL=C"}
+	out, err := c.Combined(ctx)
+	return string(out), err
 }
 
 // isNoSpace tells whether err means the pool (or a quota) is full, from a syscall or a tool's words.

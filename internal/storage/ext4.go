@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/hostexec"
 	"tandem/internal/units"
 )
 
@@ -78,7 +79,7 @@ func shrinkExt4(ctx context.Context, file string, size uint64) error {
 // fsckExt4 checks an unmounted image, as resize2fs demands; exit 1 means errors were fixed.
 func fsckExt4(ctx context.Context, file string) error {
 	_, err := run(ctx, "e2fsck", "-f", "-p", file)
-	if err != nil && exitCode(err) != 1 {
+	if err != nil && hostexec.ExitCode(err) != 1 {
 		return err
 	}
 	return nil

@@ -7,16 +7,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"tandem/internal/testenv"
 	"testing"
 	"time"
-)
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
+	"tandem/internal/testenv"
+)
 
 // newManager opens a manager on dir (made under t.TempDir when empty).
 func newManager(t *testing.T, dir, host string) *Manager {
@@ -36,7 +31,7 @@ func newManager(t *testing.T, dir, host string) *Manager {
 func defaultPool(t *testing.T) (*Manager, context.Context) {
 	t.Helper()
 	m := newManager(t, "", "host-a")
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	if _, err := m.EnsureDefault(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -62,15 +57,6 @@ func must[T any](t *testing.T) func(T, error) T {
 			t.Fatal(err)
 		}
 		return v
-	}
-}
-
-func needTool(t *testing.T, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := lookTool(n); err != nil {
-			testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", n)
-		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 // fakeRootfs makes a small tree with the file kinds a rootfs has.
@@ -64,7 +65,7 @@ func TestContainerRootDir(t *testing.T) {
 // With a size (limits.disk), or on a shared pool, a container root is an ext4 image, filled
 // without mounting anything.
 func TestContainerRootExt4(t *testing.T) {
-	needTool(t, "mkfs.ext4", "debugfs")
+	testenv.Require(t, "e2fsprogs")
 	m, ctx := defaultPool(t)
 	rootfs := fakeRootfs(t)
 	v := must[*Volume](t)(m.CreateInstanceRoot(ctx, "default", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 64<<20))
@@ -84,7 +85,7 @@ func TestContainerRootExt4(t *testing.T) {
 }
 
 func TestVMRootOverlays(t *testing.T) {
-	needTool(t, "qemu-img")
+	testenv.Require(t, "qemu-img")
 	m, ctx := defaultPool(t)
 	base := filepath.Join(t.TempDir(), "disk.raw")
 	if out, err := exec.Command("qemu-img", "create", "-f", "raw", base, "32M").CombinedOutput(); err != nil {
@@ -163,9 +164,9 @@ func must2(t *testing.T) func(string, func() error, error) (string, func() error
 // it is deleted only when the last host's instance lets go, and a failed create on the second host
 // never takes it with it.
 func TestSharedRootAdoptedAndKept(t *testing.T) {
-	needTool(t, "mkfs.ext4")
+	testenv.Require(t, "e2fsprogs")
 	a, b, _ := twoHosts(t)
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	rootfs := fakeRootfs(t)
 	must[*Volume](t)(a.CreateInstanceRoot(ctx, "sh", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20))
 	_, err := b.CreateInstanceRoot(ctx, "shared1", "c1", TypeContainer, ImageSource{RootfsDir: rootfs}, 16<<20)
@@ -262,7 +263,7 @@ func TestVMRootRefusedOnFullPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	p := must[*Pool](t)(m.EnsureDefault(ctx))
 	src := ImageSource{Fingerprint: "f00d", BaseDisk: "/nonexistent", BaseFormat: "raw"}
 	_, err = m.CreateInstanceRoot(ctx, "default", "v1", TypeVM, src, 0)

@@ -7,14 +7,15 @@ import (
 	"time"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/testenv"
 )
 
 // twoHosts opens two managers (two daemons: two dirs, two host ids) on one shared directory.
 func twoHosts(t *testing.T) (a, b *Manager, shared string) {
-	needTool(t, "mkfs.ext4")
+	testenv.Require(t, "e2fsprogs")
 	shared = t.TempDir()
 	a, b = newManager(t, "", "host-a"), newManager(t, "", "host-b")
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	must[*Pool](t)(a.CreatePool(ctx, PoolConfig{Name: "sh", Driver: DriverShared, Source: shared}))
 	must[*Pool](t)(b.CreatePool(ctx, PoolConfig{Name: "shared1", Driver: DriverShared, Source: shared})) // joins
 	return a, b, shared
@@ -22,7 +23,7 @@ func twoHosts(t *testing.T) (a, b *Manager, shared string) {
 
 func TestSharedPoolLease(t *testing.T) {
 	a, b, shared := twoHosts(t)
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	v := must[*Volume](t)(a.CreateVolume(ctx, "sh", VolumeConfig{Name: "disk", Size: 16 << 20}))
 	if v.Format != FormatExt4 {
 		t.Fatalf("shared volume %+v", v)
@@ -78,7 +79,7 @@ func TestSharedPoolLease(t *testing.T) {
 
 func TestSharedPoolRecordsAndAttach(t *testing.T) {
 	a, b, shared := twoHosts(t)
-	ctx := testCtx(t)
+	ctx := testenv.Context(t, 2*time.Minute)
 	must[*Volume](t)(a.CreateVolume(ctx, "sh", VolumeConfig{Name: "data", Size: 16 << 20}))
 	if err := a.Attach(ctx, "sh", "data", "c1", false); err != nil {
 		t.Fatal(err)

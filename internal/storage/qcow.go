@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"tandem/internal/errdefs"
+	"tandem/internal/hostexec"
 	"tandem/internal/progress"
 	"tandem/internal/qemuimg"
 )
@@ -59,7 +60,7 @@ func qemuImgInfo(ctx context.Context, file, format string) (*imgInfo, error) {
 
 // qemuImgConvert writes src (format srcFormat) as a standalone qcow2 dst, reporting progress.
 func qemuImgConvert(ctx context.Context, src, srcFormat, dst, msg string) error {
-	path, err := lookTool("qemu-img")
+	path, err := hostexec.Look("qemu-img")
 	if err != nil {
 		return err
 	}
@@ -69,7 +70,7 @@ func qemuImgConvert(ctx context.Context, src, srcFormat, dst, msg string) error 
 		if ctx.Err() != nil {
 			return errors.Join(errdefs.ErrCancelled, ctx.Err())
 		}
-		return &toolError{cmd: "qemu-img convert " + src, err: err, out: stderr}
+		return &hostexec.ExitError{Cmd: "qemu-img convert " + src, Err: err, Output: stderr}
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package system
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // TestDefaultBridgeAdoption: a second daemon in a network namespace whose tandem0 a live daemon
@@ -21,9 +21,7 @@ import (
 // orphaned tandem0 (same subnet, the orphan's dnsmasq replaced), and so does a daemon whose state
 // dir was wiped.
 func TestDefaultBridgeAdoption(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, bridges)")
-	}
+	testenv.Require(t, "root", "iproute2", "nsenter", "dnsmasq", "nft")
 	a := startHost(t, "--driver", "fake")
 	subnetA := defaultSubnet(t, a)
 
@@ -103,8 +101,7 @@ func checkBridgeServedBy(t *testing.T, ns, dir string) {
 
 // runDaemonOnce runs tandemd in a namespace expecting it to exit at start, and returns its output.
 func runDaemonOnce(t *testing.T, ns, dir string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 30*time.Second)
 	cmd := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+ns, filepath.Join(binaries(t), "tandemd"),
 		"--dir", dir, "--driver", "fake")
 	var out bytes.Buffer

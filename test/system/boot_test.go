@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,7 +20,7 @@ import (
 // A container whose init dies at once fails its launch, with the console's last lines in the
 // error, and is not left running; the failed start changes nothing for the next one.
 func TestContainerInitDiesAtStart(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg", "--default-network=false")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "c1")
@@ -52,7 +51,7 @@ func TestContainerInitDiesAtStart(t *testing.T) {
 // The Debian image (systemd as init) boots as a container to running or degraded: systemd makes
 // its scopes in the container's own cgroup, and cannot lift the limits tandem set on it.
 func TestDebianContainerBoots(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	requireDebianMirror(t)
 	// In the host's network namespace: debootstrap needs the mirror (startHost's namespace has no route out).
 	h := startDaemon(t, "--accel", "tcg", "--default-network=false")
@@ -98,11 +97,7 @@ func TestDebianContainerBoots(t *testing.T) {
 // requireDebianMirror skips when debootstrap cannot run or reach the host's Debian mirror.
 func requireDebianMirror(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("debootstrap"); err != nil {
-		if _, err := os.Stat("/usr/sbin/debootstrap"); err != nil {
-			testenv.Missing(t, "debootstrap is not installed (scripts/setup.sh installs it)")
-		}
-	}
+	testenv.Require(t, "debootstrap")
 	mirror := image.FindDebianMirror("/", "bookworm")
 	if !strings.HasPrefix(mirror, "http") {
 		return
@@ -110,11 +105,11 @@ func requireDebianMirror(t *testing.T) {
 	hc := &http.Client{Timeout: 15 * time.Second}
 	resp, err := hc.Get(mirror + "/dists/bookworm/Release")
 	if err != nil {
-		t.Skipf("debootstrap cannot reach the mirror %s: %v", mirror, err)
+		testenv.Unsupported(t, "debootstrap cannot reach the mirror %s: %v", mirror, err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Skipf("debootstrap cannot use the mirror %s: %s", mirror, resp.Status)
+		testenv.Unsupported(t, "debootstrap cannot use the mirror %s: %s", mirror, resp.Status)
 	}
 }
 
@@ -144,7 +139,7 @@ func hostMemoryLimit(t *testing.T, h *daemonHarness) int64 {
 // A NIC a VM booted with can be removed live on q35 (it sits on a root port of its own, not on
 // pcie.0, which cannot hot-unplug) and on pc; a microvm refuses clearly and keeps it.
 func TestVMBootNICHotRemoved(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg")
 	h.must("image", "build", "busybox")
 	for _, machine := range []string{"q35", "pc", "microvm"} {
@@ -181,7 +176,7 @@ func TestVMBootNICHotRemoved(t *testing.T) {
 // A stateful stop of a VM saves the guest; the next start resumes it: a counter in the guest
 // carries on from where it stood, with no reboot in between.
 func TestVMStatefulStopCounterContinues(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "v1", "--vm", "-c", "limits.memory=256MiB")

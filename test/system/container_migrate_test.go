@@ -41,12 +41,7 @@ type migEnv struct {
 func newMigEnv(t *testing.T) *migEnv {
 	t.Helper()
 	e := newCtEnv(t) // builds the busybox image; its own driver is unused
-	requireCheckpoint(t)
-	for _, tool := range []string{"dnsmasq", "nsenter", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testenv.Missing(t, "%s is not installed", tool)
-		}
-	}
+	testenv.Require(t, "checkpoint", "dnsmasq", "nsenter", "iproute2")
 	m := &migEnv{t: t, base: e.base}
 	var err error
 	if m.net, err = containertest.NewNet(e.base); err != nil {
@@ -80,8 +75,7 @@ func newMigEnv(t *testing.T) *migEnv {
 func (m *migEnv) launch(name string, config map[string]string) *driver.Handle {
 	t := m.t
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	if config == nil {
 		config = map[string]string{}
 	}
@@ -118,7 +112,7 @@ nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 &`)
 
 // forget stops and deletes the container on both hosts, whatever state the test left.
 func (m *migEnv) forget(h *driver.Handle) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // also from cleanups: not the test's context
 	defer cancel()
 	for _, d := range []*container.Driver{m.a, m.b} {
 		d.AbortDump(ctx, h)
@@ -132,8 +126,7 @@ func (m *migEnv) forget(h *driver.Handle) {
 
 func (m *migEnv) sh(d *container.Driver, h *driver.Handle, script string) (string, int) {
 	m.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(m.t, time.Minute)
 	var out bytes.Buffer
 	code, err := d.Exec(ctx, h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out})
 	if err != nil {
@@ -182,7 +175,7 @@ func counts(t *testing.T, d *container.Driver, h *driver.Handle) []int {
 func (m *migEnv) checkCarriesOn(on *container.Driver, h *driver.Handle, before []int) {
 	t := m.t
 	t.Helper()
-	if st, err := on.State(bounded(t), h); err != nil || st != driver.StatusRunning {
+	if st, err := on.State(testenv.Context(t, 5*time.Minute), h); err != nil || st != driver.StatusRunning {
 		t.Fatalf("state after the move: %s %v", st, err)
 	}
 	if err := m.echoClient.WaitEcho(15 * time.Second); err != nil {
@@ -254,8 +247,7 @@ func checkHoldsNothing(t *testing.T, o container.Options, what string) {
 // a copy (a local pool).
 func (m *migEnv) move(h *driver.Handle, shared bool) {
 	t := m.t
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	images := filepath.Join(m.base, "move-"+h.ID) // on the "shared" storage both hosts see
 	src := m.a.RootfsPath(h)
 	start := time.Now()
@@ -336,8 +328,7 @@ func TestContainerMigrateLocal(t *testing.T) {
 func TestContainerMigrateFailure(t *testing.T) {
 	m := newMigEnv(t)
 	h := m.launch("mig3", nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	images := filepath.Join(m.base, "move-a")
 	if _, err := m.a.Dump(ctx, h, container.DumpOpts{Dir: images, TCPEstablished: true}); err != nil {
 		t.Fatalf("dump: %v", err)
@@ -383,14 +374,14 @@ func (m *migEnv) lazyConfig() map[string]string {
 	if old, err := os.ReadFile(pipeMax); err == nil {
 		if n, _ := strconv.Atoi(strings.TrimSpace(string(old))); n < 4<<20 {
 			if err := os.WriteFile(pipeMax, []byte("4194304"), 0o644); err != nil {
-				t.Skipf("skipping: cannot raise %s: %v", pipeMax, err)
+				testenv.Unsupported(t, "cannot raise %s: %v", pipeMax, err)
 			}
 			t.Cleanup(func() { os.WriteFile(pipeMax, old, 0o644) })
 		}
 	}
-	f := m.b.MigrationFeatures(bounded(t))
+	f := m.b.MigrationFeatures(testenv.Context(t, 5*time.Minute))
 	if !f.LazyPages || !f.LazyDump {
-		t.Skipf("skipping: no lazy migration here: %v", f.Notes)
+		testenv.Unsupported(t, "no lazy migration here: %v", f.Notes)
 	}
 	if !f.LazyUnprivileged {
 		t.Logf("vm.unprivileged_userfaultfd=0: lazy restore needs a privileged container")
@@ -404,8 +395,7 @@ func (m *migEnv) lazyConfig() map[string]string {
 func TestContainerMigrateLazy(t *testing.T) {
 	m := newMigEnv(t)
 	h := m.launch("lazy1", m.lazyConfig())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	images := filepath.Join(m.base, "move-lazy")
 	ps := "127.0.0.1:" + freeTCPPort(t)
 	start := time.Now()
@@ -420,7 +410,7 @@ func TestContainerMigrateLazy(t *testing.T) {
 	}
 	rs, err := m.b.Restore(ctx, &handle, container.RestoreOpts{Dir: images, Lazy: true, PageServerAddr: ps})
 	if err != nil {
-		m.a.AbortDump(bounded(t), h)
+		m.a.AbortDump(testenv.Context(t, 5*time.Minute), h)
 		t.Fatalf("lazy restore on B: %v", err)
 	}
 	freeze := time.Since(start)
@@ -451,8 +441,7 @@ func TestContainerMigrateLazy(t *testing.T) {
 func TestContainerMigrateLazyAbort(t *testing.T) {
 	m := newMigEnv(t)
 	h := m.launch("lazy2", m.lazyConfig())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	images := filepath.Join(m.base, "move-lazy")
 	ps := "127.0.0.1:" + freeTCPPort(t)
 	if _, err := m.a.Dump(ctx, h, container.DumpOpts{Dir: images, TCPEstablished: true, Lazy: true, PageServerAddr: ps}); err != nil {
@@ -510,8 +499,7 @@ func freeTCPPort(t *testing.T) string {
 func TestContainerMigrateLazyCutLink(t *testing.T) {
 	m := newMigEnv(t)
 	h := m.launch("lazy3", m.lazyConfig())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	images := filepath.Join(m.base, "move-lazy")
 	if _, err := m.a.Dump(ctx, h, container.DumpOpts{Dir: images, TCPEstablished: true, Lazy: true,
 		PageServerAddr: "127.0.0.1:" + freeTCPPort(t)}); err != nil {

@@ -54,26 +54,12 @@ type ctEnv struct {
 	base string
 }
 
-func needContainers(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: container tests need root")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		testenv.Missing(t, "runc is not installed (scripts/setup.sh installs it)")
-	}
-	if _, err := os.Stat(image.DefaultBusybox); err != nil {
-		testenv.Missing(t, "busybox-static is not installed (scripts/setup.sh installs it)")
-	}
-}
-
 // newCtEnv builds the busybox image with the image library, unpacks it as the image store would,
 // and makes a driver serving it.
 func newCtEnv(t *testing.T) *ctEnv {
 	t.Helper()
-	needContainers(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	testenv.Require(t, realContainers...)
+	ctx := testenv.Context(t, 2*time.Minute)
 	base, err := os.MkdirTemp("", "tct-")
 	if err != nil {
 		t.Fatal(err)
@@ -138,8 +124,7 @@ func (e *ctEnv) cgroupFile(h *driver.Handle, controller, v1name, v2name string) 
 // launch creates and starts a container, force-stopped and deleted at the end of the test.
 func (e *ctEnv) launch(name string, config map[string]string) *driver.Handle {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(e.t, time.Minute)
 	if config == nil {
 		config = map[string]string{}
 	}
@@ -165,8 +150,7 @@ func (e *ctEnv) launch(name string, config map[string]string) *driver.Handle {
 // sh runs a shell script inside with a deadline and returns its combined output and exit code.
 func (e *ctEnv) sh(h *driver.Handle, script string) (string, int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(e.t, time.Minute)
 	var out bytes.Buffer
 	code, err := e.d.Exec(ctx, h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out})
 	if err != nil {
@@ -177,7 +161,7 @@ func (e *ctEnv) sh(h *driver.Handle, script string) (string, int) {
 
 func (e *ctEnv) wantRunning(h *driver.Handle) {
 	e.t.Helper()
-	if st, err := e.d.State(bounded(e.t), h); err != nil || st != driver.StatusRunning {
+	if st, err := e.d.State(testenv.Context(e.t, 5*time.Minute), h); err != nil || st != driver.StatusRunning {
 		e.t.Fatalf("state %s (%v), want Running", st, err)
 	}
 }
@@ -262,8 +246,7 @@ func TestContainerMemoryLimit(t *testing.T) {
 func TestContainerForkBomb(t *testing.T) {
 	e := newCtEnv(t)
 	h := e.launch("bomb1", map[string]string{"limits.processes": "50"})
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 4*time.Second)
 	e.d.Exec(ctx, h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", "f() { f | f & }; f; wait"}})
 	cur, _ := os.ReadFile(e.cgroupFile(h, "pids", "pids.current", "pids.current"))
 	events, _ := os.ReadFile(e.cgroupFile(h, "pids", "pids.events", "pids.events"))
@@ -295,13 +278,13 @@ func TestContainerExecAndConsole(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	code, err := e.d.Exec(bounded(t), h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", "wc -l; cat"},
+	code, err := e.d.Exec(testenv.Context(t, 5*time.Minute), h, container.ExecRequest{Cmd: []string{"/bin/sh", "-c", "wc -l; cat"},
 		Stdin: strings.NewReader("a\nb\nc\n"), Stdout: &out})
 	if err != nil || code != 0 || strings.Fields(out.String())[0] != "3" {
 		t.Errorf("stdin through exec: %q code %d err %v", out.String(), code, err)
 	}
 
-	con, err := e.d.Console(bounded(t), h)
+	con, err := e.d.Console(testenv.Context(t, 5*time.Minute), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +317,7 @@ func TestContainerExecAndConsole(t *testing.T) {
 }
 
 func readConsoleLog(t *testing.T, d *container.Driver, h *driver.Handle) string {
-	r, err := d.ConsoleLog(bounded(t), h)
+	r, err := d.ConsoleLog(testenv.Context(t, 5*time.Minute), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,12 +329,11 @@ func readConsoleLog(t *testing.T, d *container.Driver, h *driver.Handle) string 
 // A counter kept in a shell variable survives stop --stateful and start.
 func TestContainerCheckpointCounter(t *testing.T) {
 	e := newCtEnv(t)
-	requireCheckpoint(t)
+	testenv.Require(t, "checkpoint")
 	h := e.launch("criu1", nil)
 	e.sh(h, "(i=0; while :; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) </dev/null >/dev/null 2>&1 &")
 	time.Sleep(time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	start := time.Now()
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
 		t.Fatalf("stop --stateful: %v", err)
@@ -386,21 +368,11 @@ func readInt(t *testing.T, path string) int {
 	return n
 }
 
-func hasCap(info driver.Info, c string) bool {
-	for _, x := range info.Capabilities {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
 // 50 containers launched and deleted leave no cgroup, mount, network namespace, process, id
 // range or file behind.
 func TestContainerLeaks(t *testing.T) {
 	e := newCtEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 5*time.Minute)
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
@@ -555,8 +527,7 @@ func TestContainersSurviveDaemonKill(t *testing.T) {
 	if len(handles) != 3 {
 		t.Fatalf("helper started %d containers", len(handles))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	for _, h := range handles {
 		if err := e.d.Recover(ctx, h); err != nil {
 			t.Errorf("recover %s: %v", h.Spec.Name, err)

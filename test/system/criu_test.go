@@ -1,7 +1,6 @@
 package system
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"tandem/api"
-	"tandem/internal/driver/container"
 	"tandem/internal/driver/container/containertest"
 	"tandem/internal/testenv"
 )
@@ -23,10 +21,10 @@ import (
 // probe's). It returns the binary and its call log.
 func fakeCRIU(t *testing.T, hangs int, swrkOnly bool) (bin, log string) {
 	t.Helper()
-	requireCheckpoint(t) // the fake passes everything but its hangs to the real criu
-	real, err := exec.LookPath("criu")
+	testenv.Require(t, "checkpoint") // the fake passes everything but its hangs to the real criu
+	real, err := testenv.CRIU()
 	if err != nil {
-		real = "/usr/local/sbin/criu"
+		t.Fatal(err)
 	}
 	return containertest.BuildFakeCRIU(t, containertest.FakeCRIU{Real: real, Hangs: hangs, SwrkOnly: swrkOnly})
 }
@@ -191,28 +189,6 @@ func TestMoveWithHungDump(t *testing.T) {
 	b.must("delete", "--force", "c1")
 }
 
-// requireCheckpoint skips t, with the probe's reason, on a host where CRIU cannot checkpoint (a
-// fact about the kernel: a skip under CI too); a CRIU that is not installed fails under CI.
-func requireCheckpoint(t *testing.T) {
-	t.Helper()
-	criu, err := exec.LookPath("criu")
-	if err != nil {
-		if criu = "/usr/local/sbin/criu"; !fileExists(criu) {
-			testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if s := container.HostCheckpointSupport(ctx, criu, t.TempDir()); !s.Available {
-		testenv.Unsupported(t, "this host cannot checkpoint: %s", s.Reason)
-	}
-}
-
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
-}
-
 // soakCount is n, or $TANDEM_SOAK_<name> when set (the soak: 50 cycles, 20 moves).
 func soakCount(name string, n int) int {
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_SOAK_" + name)); err == nil && v > 0 {
@@ -248,7 +224,7 @@ func noCRIULeft(t *testing.T) {
 // up running once, its counter and connection carried on, nothing of CRIU left. CI runs a few;
 // TANDEM_SOAK_CYCLES=50 TANDEM_SOAK_MOVES=20 is the soak.
 func TestCheckpointCycles(t *testing.T) {
-	requireCheckpoint(t)
+	testenv.Require(t, "checkpoint")
 	cycles, moves := soakCount("CYCLES", 5), soakCount("MOVES", 4)
 	l := newLab(t, 2)
 	a, b := l.hosts[0], l.hosts[1]

@@ -1,8 +1,6 @@
 package system
 
 import (
-	"context"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -28,8 +26,7 @@ const diskBootDeadline = 5 * time.Minute
 // importBootDisk builds a test boot disk, packs it as a disk image and imports it under alias.
 func importBootDisk(t *testing.T, h *daemonHarness, disk imagetest.Disk, alias string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	file, err := disk.Image(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -73,22 +70,12 @@ func bases(t *testing.T, h *daemonHarness) []string {
 	return b
 }
 
-func requireDiskImages(t *testing.T, firmware string) {
-	t.Helper()
-	requireRealDrivers(t)
-	imagetest.Require(t, firmware)
-	if firmware == image.FirmwareUEFI {
-		if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.fd"); err != nil {
-			testenv.Missing(t, "no OVMF (ovmf package)")
-		}
-	}
-}
-
 // A BIOS disk image (SYSLINUX on a qcow2 disk) boots as a VM with no kernel of ours; a container or
 // UEFI cannot have it; exec fails at once for want of an agent; the VM outlives a daemon SIGKILL,
 // stops, boots again, and its base disk goes with it.
 func TestDiskImageBIOS(t *testing.T) {
-	requireDiskImages(t, image.FirmwareBIOS)
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, imagetest.Components(image.FirmwareBIOS)...)
 	h := startHost(t, "--accel", "tcg", "--default-network=false")
 	const marker = "BIOS-DISK-MARK"
 	importBootDisk(t, h, imagetest.Disk{Firmware: image.FirmwareBIOS, Format: image.DiskQcow2, Marker: marker}, "bootbios")
@@ -158,7 +145,9 @@ func TestDiskImageBIOS(t *testing.T) {
 // A UEFI disk image (GRUB as EFI/BOOT/BOOTX64.EFI on a raw disk) boots under OVMF; two instances
 // share the default pool's copy of it (converted to qcow2), which goes with the last of them.
 func TestDiskImageUEFI(t *testing.T) {
-	requireDiskImages(t, image.FirmwareUEFI)
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, imagetest.Components(image.FirmwareUEFI)...)
+	testenv.Require(t, "ovmf")
 	h := startHost(t, "--accel", "tcg", "--default-network=false")
 	const marker = "UEFI-DISK-MARK"
 	importBootDisk(t, h, imagetest.Disk{Firmware: image.FirmwareUEFI, Format: image.DiskRaw, Marker: marker}, "bootuefi")
@@ -190,10 +179,10 @@ func TestDiskImageUEFI(t *testing.T) {
 // (firmware boot, no kernel of ours, whose option ROM would not match the source's) and the guest's
 // counter carries on there without a second boot.
 func TestVMMigrateDiskImage(t *testing.T) {
-	vmtest.Require(t)
-	imagetest.Require(t, image.FirmwareBIOS)
+	testenv.Require(t, vmtest.Components...)
+	testenv.Require(t, imagetest.Components(image.FirmwareBIOS)...)
 	const marker = "MIG-DISK-MARK"
-	file, err := imagetest.Disk{Firmware: image.FirmwareBIOS, Marker: marker}.Image(vmMigCtx(t, time.Minute), t.TempDir())
+	file, err := imagetest.Disk{Firmware: image.FirmwareBIOS, Marker: marker}.Image(testenv.Context(t, time.Minute), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +195,7 @@ func TestVMMigrateDiskImage(t *testing.T) {
 	e.a, e.b = vmtest.NewDriver(t, e.dirsA, cache), vmtest.NewDriver(t, e.dirsB, cache)
 	h := e.create(&driver.Spec{ID: uuid.NewString(), Name: "migdisk", Type: "vm", Image: img.Fingerprint,
 		Config: map[string]string{"limits.memory": "256MiB"}})
-	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
+	if err := e.a.Start(testenv.Context(t, time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(diskBootDeadline); lastTick(vmMigRead(t, e.a.ConsoleLogPath(h)), marker) < 3; time.Sleep(200 * time.Millisecond) {
@@ -222,7 +211,7 @@ func TestVMMigrateDiskImage(t *testing.T) {
 	if strings.Contains(dstLog, marker+" firmware=") {
 		t.Error("the guest booted again on the destination")
 	}
-	if err := e.b.Stop(vmMigCtx(t, time.Minute), r.dst, driver.StopOpts{Force: true}); err != nil {
+	if err := e.b.Stop(testenv.Context(t, time.Minute), r.dst, driver.StopOpts{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	vmMigHoldsNothing(t, e.dirsA, h.ID)

@@ -23,7 +23,7 @@ import (
 // The whole control plane through the CLI, with the fake driver: launch, list in three formats, stop,
 // start, delete, bad input, and a SIGKILL of the daemon in the middle of a slow operation.
 func TestFoundationThroughCLI(t *testing.T) {
-	requireBusybox(t)
+	testenv.Require(t, "busybox")
 	d := startDaemon(t, "--driver", "fake", "--fake-delay", "400ms", "--network=false")
 	d.must("image", "build", "busybox")
 
@@ -135,7 +135,7 @@ func TestFoundationThroughCLI(t *testing.T) {
 // The image round trip of the images issue: build, export, delete, import back with the same
 // fingerprint, launch from it; and a hostile file leaves nothing behind.
 func TestImageRoundTrip(t *testing.T) {
-	requireBusybox(t)
+	testenv.Require(t, "busybox")
 	d := startDaemon(t, "--driver", "fake", "--network=false")
 	d.must("image", "build", "busybox")
 	var img api.Image
@@ -169,14 +169,6 @@ func TestImageRoundTrip(t *testing.T) {
 	json.Unmarshal([]byte(d.must("image", "list", "--format", "json")), &imgs)
 	if len(imgs) != 1 {
 		t.Fatalf("after a failed import: %d images", len(imgs))
-	}
-}
-
-// requireBusybox skips when busybox-static (which the image builder packs) is absent.
-func requireBusybox(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		testenv.Missing(t, "busybox-static is not installed (scripts/setup.sh installs it)")
 	}
 }
 

@@ -245,11 +245,3 @@ func reapInstances(dir string) {
 		os.Remove(dirs[i])
 	}
 }
-
-// bounded is the context of a test's calls into real components: a hang fails the test at its
-// deadline instead of running into go test's timeout.
-func bounded(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,8 +24,7 @@ func TestNetworkHostInput(t *testing.T) {
 		return
 	}
 	env := nettest.NewEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 3*time.Minute)
 	m, err := network.NewManager(network.Options{Dir: filepath.Join(env.Dir, "networks"), RunDir: filepath.Join(env.Dir, "run")})
 	if err != nil {
 		t.Fatal(err)
@@ -117,15 +115,7 @@ func TestNetworkHostInput(t *testing.T) {
 // resolves names through the host, but its connect to the host's HTTPS API (listening on every
 // address of the host) is refused at once; a container on a network with host access connects.
 func TestContainerCannotReachHostAPI(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run containers")
-	}
-	for _, tool := range []string{"runc", "dnsmasq", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
-		}
-	}
-	requireBusybox(t)
+	testenv.Require(t, "root", "runc", "dnsmasq", "nft", "busybox")
 	h := startHost(t, "--listen", "0.0.0.0:8443")
 	h.must("image", "build", "busybox")
 	h.must("network", "create", "open", "--host-access")

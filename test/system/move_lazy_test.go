@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // requireLazyMoves readies this machine for lazy container moves, or skips saying what is absent:
@@ -20,22 +21,22 @@ import (
 // of a container that can be restored lazily: privileged unless vm.unprivileged_userfaultfd=1.
 func requireLazyMoves(t *testing.T) []string {
 	t.Helper()
-	requireCheckpoint(t)
-	criu, err := exec.LookPath("criu")
+	testenv.Require(t, "checkpoint")
+	criu, err := testenv.CRIU()
 	if err != nil {
-		criu = "/usr/local/sbin/criu"
+		t.Fatal(err)
 	}
 	if out, err := exec.Command(criu, "check", "--feature", "uffd-noncoop").CombinedOutput(); err != nil {
-		t.Skipf("skipping: CRIU has no userfaultfd support on this kernel: %s", strings.TrimSpace(string(out)))
+		testenv.Unsupported(t, "CRIU has no userfaultfd support on this kernel: %s", strings.TrimSpace(string(out)))
 	}
 	const pipeMax = "/proc/sys/fs/pipe-max-size"
 	old, err := os.ReadFile(pipeMax)
 	if err != nil {
-		t.Skipf("skipping: %v", err)
+		testenv.Unsupported(t, "%v", err)
 	}
 	if n, _ := strconv.Atoi(strings.TrimSpace(string(old))); n < 4<<20 {
 		if err := os.WriteFile(pipeMax, []byte("4194304"), 0o644); err != nil {
-			t.Skipf("skipping: cannot raise %s for CRIU's page server: %v", pipeMax, err)
+			testenv.Unsupported(t, "cannot raise %s for CRIU's page server: %v", pipeMax, err)
 		}
 		t.Cleanup(func() { os.WriteFile(pipeMax, old, 0o644) })
 	}

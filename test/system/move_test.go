@@ -52,10 +52,8 @@ func newLab(t *testing.T, n int) *lab {
 // newLabWith is newLab with extra tandemd flags for host i (hostFlags may be nil).
 func newLabWith(t *testing.T, n int, hostFlags func(i int) []string) *lab {
 	t.Helper()
-	requireRealDrivers(t)
-	if _, err := exec.LookPath("rsync"); err != nil {
-		testenv.Missing(t, "rsync is not installed (scripts/setup.sh installs it)")
-	}
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, "rsync")
 	id := fmt.Sprintf("%04d", time.Now().UnixNano()/1000%10000)
 	labBr, mgBr := "tl"+id, "tm"+id
 	for _, br := range []string{labBr, mgBr} {
@@ -277,7 +275,7 @@ func hasInstance(t *testing.T, h *daemonHarness, name string) bool {
 // live from A to B (rootfs copied) and back: the counter carries on, the connection echoes, the
 // name, MAC and address are kept, and the source holds nothing of it.
 func TestMoveContainerLive(t *testing.T) {
-	requireCheckpoint(t)
+	testenv.Require(t, "checkpoint")
 	l := newLab(t, 2)
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")
@@ -483,7 +481,7 @@ func waitGone(t *testing.T, h *daemonHarness, name string, within time.Duration)
 // Moves that must be refused, and moves whose destination dies or whose link is cut half-way: the
 // instance carries on at the source, and the destination holds nothing of it after its restart.
 func TestMoveFailures(t *testing.T) {
-	requireCheckpoint(t) // most of its moves are live container moves
+	testenv.Require(t, "checkpoint") // most of its moves are live container moves
 	l := newLab(t, 2)
 	a, b := l.hosts[0], l.hosts[1]
 	a.must("image", "build", "busybox")

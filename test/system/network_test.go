@@ -14,6 +14,7 @@ import (
 	"tandem/internal/errdefs"
 	"tandem/internal/network"
 	"tandem/internal/network/nettest"
+	"tandem/internal/testenv"
 )
 
 // TestNetwork drives the network manager in a fresh network namespace, with helper namespaces
@@ -21,7 +22,7 @@ import (
 // and reboot recovery, address reuse, 50 plug cycles, delete.
 
 func TestNetwork(t *testing.T) {
-	if !nettest.InFreshNetns(t, "nft", "tc", "dnsmasq", "busybox", "nsenter") {
+	if !nettest.InFreshNetns(t, "nft", "dnsmasq", "busybox", "nsenter") {
 		return // ran in a fresh network namespace, or skipped
 	}
 	env := nettest.NewEnv(t)
@@ -64,7 +65,7 @@ type netTest struct {
 // plugContainer attaches and plugs a veth NIC for a stand-in container.
 func (nt *netTest) plugContainer(t *testing.T, inst string, opts network.AttachOptions) network.Lease {
 	t.Helper()
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	l, err := nt.m.Attach(ctx, network.DefaultName, inst, "eth0", opts)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +93,7 @@ func (nt *netTest) dhcp(t *testing.T, inst string) {
 }
 
 func (nt *netTest) validation(t *testing.T) {
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	n, err := nt.m.EnsureDefault(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,7 @@ func (nt *netTest) snapshot(t *testing.T) string {
 }
 
 func (nt *netTest) connectivity(t *testing.T) {
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	for _, c := range []string{"c1", "c2"} {
 		nt.AddNS(t, c)
 		nt.plugContainer(t, c, network.AttachOptions{})
@@ -260,7 +261,7 @@ func (nt *netTest) rateLimits(t *testing.T) {
 	}
 	limit := func(ingress, egress string) {
 		opts := network.AttachOptions{Ingress: ingress, Egress: egress}
-		if _, err := nt.m.Attach(bounded(t), network.DefaultName, "c1", "eth0", opts); err != nil {
+		if _, err := nt.m.Attach(testenv.Context(t, 5*time.Minute), network.DefaultName, "c1", "eth0", opts); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -293,7 +294,7 @@ func (nt *netTest) dnsmasqPid(t *testing.T) int {
 // restartAndReboot: a daemon restart leaves everything running; after a "reboot" (bridge, rules,
 // dnsmasq and NICs gone) Recover and a re-plug give the instances their old addresses back.
 func (nt *netTest) restartAndReboot(t *testing.T) {
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	pid := nt.dnsmasqPid(t)
 	m, err := network.NewManager(nt.opts)
 	if err != nil {
@@ -341,7 +342,7 @@ func (nt *netTest) restartAndReboot(t *testing.T) {
 // handed to another instance (asked for statically) by DHCP.
 func (nt *netTest) addressReuse(t *testing.T) {
 	old := nt.leases["c2"]
-	if err := nt.m.Detach(bounded(t), network.DefaultName, "c2", "eth0"); err != nil {
+	if err := nt.m.Detach(testenv.Context(t, 5*time.Minute), network.DefaultName, "c2", "eth0"); err != nil {
 		t.Fatal(err)
 	}
 	nt.AddNS(t, "c3")
@@ -356,7 +357,7 @@ func (nt *netTest) addressReuse(t *testing.T) {
 
 // cycles: attach, plug, unplug, detach 50 NICs (with limits); nothing may be left behind.
 func (nt *netTest) cycles(t *testing.T) {
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	nt.AddNS(t, "cyc")
 	before := nt.snapshot(t)
 	start := time.Now()
@@ -396,7 +397,7 @@ func (nt *netTest) cycles(t *testing.T) {
 }
 
 func (nt *netTest) delete(t *testing.T) {
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	if err := nt.m.Delete(ctx, network.DefaultName); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("delete of a network in use: %v, want conflict", err)
 	}

@@ -1,19 +1,17 @@
 package system
 
 import (
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"tandem/internal/testenv"
 )
 
 // TestNewUserErrors: what a new user hit on main, through the CLI against a real daemon (fake
 // driver, real networks): each mistake gets a clear refusal and changes nothing.
 func TestNewUserErrors(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, bridges)")
-	}
-	requireBusybox(t)
+	testenv.Require(t, "root", "iproute2", "nsenter", "dnsmasq", "nft", "busybox")
 	h := startHost(t, "--driver", "fake")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "c1")

@@ -3,12 +3,14 @@ package system
 import (
 	"strings"
 	"testing"
+
+	"tandem/internal/testenv"
 )
 
 // An image built here, exported and imported back, runs as a container; a changed container is
 // published as a new image that runs as a container and as a VM, with its files owned as inside.
 func TestImageRunsAndPublishes(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg", "--default-network=false")
 	h.must("image", "build", "busybox")
 	file := t.TempDir() + "/bb.tar"

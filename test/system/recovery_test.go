@@ -1,7 +1,6 @@
 package system
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"tandem/api"
+	"tandem/internal/testenv"
 )
 
 // State and recovery across daemon crashes: a lost state file, a crash mid-snapshot, a full pool
@@ -123,8 +123,7 @@ func TestRecoveryUndoesSnapshotPause(t *testing.T) {
 	// A large-ish root makes the snapshot's copy, during which the container is frozen, last.
 	h.sh("c1", "dd if=/dev/zero of=/root/big bs=1M count=768 2>/dev/null; sync")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	snap := exec.CommandContext(ctx, filepath.Join(binaries(t), "tandem"), "--dir", h.dir, "snapshot", "create", "c1", "s1")
 	if err := snap.Start(); err != nil {
 		t.Fatal(err)

@@ -23,12 +23,8 @@ import (
 // and pools before it stops and leaves no mount behind.
 func rootsDaemon(t *testing.T, flags ...string) *daemonHarness {
 	t.Helper()
-	requireRealDrivers(t)
-	for _, tool := range []string{"mkfs.ext4", "qemu-img"} {
-		if _, err := storLook(tool); err != nil {
-			testenv.Missing(t, "needs %s (scripts/setup.sh installs it)", tool)
-		}
-	}
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, "e2fsprogs", "qemu-img")
 	var h *daemonHarness
 	t.Cleanup(func() { // after the daemon stopped (registered first, so it runs last)
 		if h != nil {
@@ -110,9 +106,7 @@ func (d *daemonHarness) fill(name, path string, mib int) string {
 // it (instant, blocks shared), a quota (limits.disk) stops a container that fills its disk and
 // nothing else, and snapshots are subvolume snapshots.
 func TestRootsBtrfs(t *testing.T) {
-	if exec.Command("modprobe", "btrfs").Run(); !strings.Contains(storRead("/proc/filesystems"), "btrfs") {
-		t.Skip("needs the btrfs kernel module")
-	}
+	testenv.Require(t, "btrfs-module")
 	h := rootsDaemon(t)
 	h.must("storage", "pool", "create", "fast", "btrfs", "--size", "1GiB")
 	first := timed(func() { h.must("create", "busybox", "c1", "--storage", "fast") })
@@ -188,7 +182,7 @@ func TestRootsSharedExt4(t *testing.T) {
 		t.Fatalf("after growing to 128MiB: %q", got)
 	}
 	// Memory saved and restored over a root the driver unmounts and mounts again in between.
-	requireCheckpoint(t)
+	testenv.Require(t, "checkpoint")
 	h.sh("c1", "setsid sleep 4321 >/dev/null 2>&1 </dev/null &")
 	sleeper := "ps | grep -c '[s]leep 4321'"
 	h.must("snapshot", "create", "c1", "s1", "--stateful")
@@ -207,7 +201,7 @@ func TestRootsSharedExt4(t *testing.T) {
 // Snapshots of a container on the default pool: a stateless one comes back booted with the old
 // files; a stateful one resumes the processes it had.
 func TestRootsContainerSnapshots(t *testing.T) {
-	requireCheckpoint(t)
+	testenv.Require(t, "checkpoint")
 	h := rootsDaemon(t)
 	h.must("launch", "busybox", "c1")
 	h.sh("c1", "echo one > /root/f; setsid sleep 1234 >/dev/null 2>&1 </dev/null & sync")

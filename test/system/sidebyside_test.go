@@ -15,25 +15,6 @@ import (
 	"tandem/internal/testenv"
 )
 
-// requireRealDrivers skips unless this machine can run real containers and VMs.
-func requireRealDrivers(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run containers and VMs")
-	}
-	for _, tool := range []string{"runc", "qemu-system-x86_64", "ip", "dnsmasq"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
-				testenv.Missing(t, "%s is not installed (scripts/setup.sh installs it)", tool)
-			}
-		}
-	}
-	if _, err := os.Stat("/usr/local/share/tandem/guest/vmlinux"); err != nil {
-		testenv.Missing(t, "the guest kernel is not installed (scripts/setup.sh installs it)")
-	}
-	requireBusybox(t)
-}
-
 // waitAgent waits until a VM's guest agent runs commands (the guest has booted).
 func waitAgent(t *testing.T, h *daemonHarness, name string) {
 	t.Helper()
@@ -66,7 +47,7 @@ func ipOf(t *testing.T, h *daemonHarness, name string) string {
 // other by address and by name, exec in both, limits accounted together, a SIGKILLed daemon that
 // finds them all still running, and nothing left after delete.
 func TestContainersAndVMsSideBySide(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg")
 	h.must("image", "build", "busybox")
 

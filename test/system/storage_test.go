@@ -21,17 +21,7 @@ import (
 // TestStorage drives internal/storage against real btrfs, ext4 and loop devices. It needs root and
 // leaves no mount or loop device behind (checked at the end).
 func TestStorage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("storage system test needs root (loop devices, mounts, btrfs quotas)")
-	}
-	for _, tool := range []string{"btrfs", "mkfs.btrfs", "mkfs.ext4", "resize2fs", "e2fsck", "losetup", "mount", "qemu-img"} {
-		if _, err := storLook(tool); err != nil {
-			testenv.Missing(t, "storage system test needs %s (scripts/setup.sh installs it)", tool)
-		}
-	}
-	if exec.Command("modprobe", "btrfs").Run(); !strings.Contains(storRead("/proc/filesystems"), "btrfs") {
-		t.Skip("storage system test needs the btrfs kernel module")
-	}
+	testenv.Require(t, "root", "btrfs-progs", "e2fsprogs", "losetup", "qemu-img", "btrfs-module")
 	start := time.Now()
 	root, err := os.MkdirTemp("", "tandem-storage-")
 	if err != nil {
@@ -39,8 +29,7 @@ func TestStorage(t *testing.T) {
 	}
 	st := &storTest{root: root}
 	t.Cleanup(func() { st.cleanup(t) })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 5*time.Minute)
 	st.ctx = ctx
 	st.m = st.manager(t, "a", "host-a")
 	st.rootfs = st.makeRootfs(t, "rootfs", 48<<20)
@@ -494,11 +483,4 @@ func storWantKind(t *testing.T, err, kind error, words ...string) {
 func storRead(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
-}
-
-func storLook(name string) (string, error) {
-	if _, err := os.Stat("/usr/sbin/" + name); err == nil {
-		return "/usr/sbin/" + name, nil
-	}
-	return exec.LookPath(name)
 }

@@ -1,7 +1,6 @@
 package system
 
 import (
-	"context"
 	"encoding/json"
 	"net"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"tandem/api"
 	"tandem/client"
+	"tandem/internal/testenv"
 	"tandem/internal/trust"
 )
 
@@ -90,8 +90,7 @@ func TestTrustRevokeCutsEventStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	if err := toB.RevokeTrust(ctx, trust.Fingerprint(certA.Certificate[0])); err == nil || !strings.Contains(err.Error(), "local administrator") {
 		t.Fatalf("a peer revoked a certificate over TLS: %v", err)
 	}

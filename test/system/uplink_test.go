@@ -28,7 +28,7 @@ import (
 // on the switch; an instance moved from ha to hb keeps its MAC and address, and its gratuitous ARP
 // moves the switch's forwarding entry at once. Then recovery after a "reboot", and delete.
 func TestUplinkAcrossHosts(t *testing.T) {
-	if !nettest.InFreshNetns(t, "nft", "dnsmasq", "busybox", "nsenter", "bridge") {
+	if !nettest.InFreshNetns(t, "nft", "dnsmasq", "busybox", "nsenter") {
 		return // ran in a fresh network namespace, or skipped
 	}
 	u := &uplinkTest{Env: nettest.NewEnv(t), m: map[string]*network.Manager{}, leases: map[string]network.Lease{}}

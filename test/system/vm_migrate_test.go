@@ -20,6 +20,7 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/vm"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/testenv"
 )
 
 // Live migration of VMs between two "hosts" on this machine: two vm drivers with their own state and
@@ -39,18 +40,12 @@ type vmMigHosts struct {
 }
 
 func newVMMigHosts(t *testing.T) *vmMigHosts {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	images := vmtest.BusyboxImages(t)
 	e := &vmMigHosts{t: t, dirsA: vmtest.NewDirs(t), dirsB: vmtest.NewDirs(t), images: images, shared: t.TempDir()}
 	e.a = vmtest.NewDriver(t, e.dirsA, images)
 	e.b = vmtest.NewDriver(t, e.dirsB, images)
 	return e
-}
-
-func vmMigCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // launch boots a 256 MiB VM on host A with its disk on the shared pool; it fails saying "hung" if the
@@ -59,10 +54,10 @@ func (e *vmMigHosts) launch(name string) *driver.Handle {
 	t := e.t
 	h := e.create(&driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "busybox",
 		Config: map[string]string{"limits.memory": "256MiB", vm.KeyDiskDir: e.shared}})
-	if err := e.a.Start(vmMigCtx(t, time.Minute), h); err != nil {
+	if err := e.a.Start(testenv.Context(t, time.Minute), h); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if err := e.a.WaitAgent(vmMigCtx(t, vmBootDeadline), h); err != nil {
+	if err := e.a.WaitAgent(testenv.Context(t, vmBootDeadline), h); err != nil {
 		t.Fatalf("guest hung: no agent %v after start: %v", vmBootDeadline, err)
 	}
 	return h
@@ -71,12 +66,12 @@ func (e *vmMigHosts) launch(name string) *driver.Handle {
 // create makes the instance on host A; it is deleted on both hosts when the test ends.
 func (e *vmMigHosts) create(spec *driver.Spec) *driver.Handle {
 	t := e.t
-	h, err := e.a.Create(vmMigCtx(t, 2*time.Minute), spec)
+	h, err := e.a.Create(testenv.Context(t, 2*time.Minute), spec)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // the test's context has ended
 		defer cancel()
 		e.a.Delete(ctx, h)
 		e.b.Delete(ctx, h)
@@ -87,7 +82,7 @@ func (e *vmMigHosts) create(spec *driver.Spec) *driver.Handle {
 func vmMigExec(t *testing.T, d *vm.Driver, h *driver.Handle, script string) string {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code, err := d.Exec(vmMigCtx(t, time.Minute), h, vm.ExecRequest{Cmd: []string{"sh", "-c", script}, Stdout: &out, Stderr: &errb})
+	code, err := d.Exec(testenv.Context(t, time.Minute), h, vm.ExecRequest{Cmd: []string{"sh", "-c", script}, Stdout: &out, Stderr: &errb})
 	if err != nil || code != 0 {
 		t.Fatalf("exec %q: exit %d, %v: %s", script, code, err, errb.String())
 	}
@@ -129,7 +124,7 @@ type vmMigRun struct {
 func (e *vmMigHosts) incoming(src, dst *vm.Driver, h *driver.Handle, shared bool, multifd int) (*driver.Handle, vm.MigrateOpts) {
 	t := e.t
 	t.Helper()
-	if err := src.PrepareOutgoing(vmMigCtx(t, 30*time.Second), h); err != nil {
+	if err := src.PrepareOutgoing(testenv.Context(t, 30*time.Second), h); err != nil {
 		t.Fatalf("PrepareOutgoing: %v", err)
 	}
 	hd := vmMigShip(t, h)
@@ -137,10 +132,10 @@ func (e *vmMigHosts) incoming(src, dst *vm.Driver, h *driver.Handle, shared bool
 	if !shared {
 		in.NBDListen = "tcp:127.0.0.1:" + vmMigPort(t)
 	}
-	if err := dst.CanRun(vmMigCtx(t, 30*time.Second), hd, in); err != nil {
+	if err := dst.CanRun(testenv.Context(t, 30*time.Second), hd, in); err != nil {
 		t.Fatalf("CanRun: %v", err)
 	}
-	info, err := dst.PrepareIncoming(vmMigCtx(t, time.Minute), hd, in)
+	info, err := dst.PrepareIncoming(testenv.Context(t, time.Minute), hd, in)
 	if err != nil {
 		t.Fatalf("PrepareIncoming: %v", err)
 	}
@@ -155,17 +150,17 @@ func (e *vmMigHosts) migrate(src, dst *vm.Driver, h *driver.Handle, shared bool,
 	hd, opts := e.incoming(src, dst, h, shared, multifd)
 	r := vmMigRun{dst: hd}
 	opts.Progress = func(p vm.MigrationProgress) { r.progress = append(r.progress, p) }
-	res, err := src.MigrateOut(vmMigCtx(t, 3*time.Minute), h, opts)
+	res, err := src.MigrateOut(testenv.Context(t, 3*time.Minute), h, opts)
 	if err != nil {
 		t.Fatalf("MigrateOut: %v", err)
 	}
 	r.res = res
 	r.srcLog = vmMigRead(t, src.ConsoleLogPath(h))
-	if err := dst.FinishIncoming(vmMigCtx(t, time.Minute), hd); err != nil {
+	if err := dst.FinishIncoming(testenv.Context(t, time.Minute), hd); err != nil {
 		t.Fatalf("FinishIncoming: %v", err)
 	}
 	r.wall = time.Since(start)
-	if err := src.Release(vmMigCtx(t, time.Minute), h); err != nil {
+	if err := src.Release(testenv.Context(t, time.Minute), h); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
 	return r
@@ -266,7 +261,7 @@ func testVMMigrateCounter(t *testing.T, shared bool) {
 	if r.res.Downtime <= 0 || r.res.TotalTime <= 0 {
 		t.Errorf("QEMU measured no downtime or total time: %+v", r.res)
 	}
-	if st, err := e.b.State(vmMigCtx(t, 10*time.Second), hd); err != nil || st != driver.StatusRunning {
+	if st, err := e.b.State(testenv.Context(t, 10*time.Second), hd); err != nil || st != driver.StatusRunning {
 		t.Fatalf("destination state %s, %v", st, err)
 	}
 	last := vmMigTicks(t, r.srcLog)
@@ -274,7 +269,7 @@ func testVMMigrateCounter(t *testing.T, shared bool) {
 	end := vmMigTicks(t, r.srcLog, vmMigRead(t, e.b.ConsoleLogPath(hd)))
 	t.Logf("counter: %d on the source, continued to %d on the destination with no gap", last, end)
 
-	if err := e.b.WaitAgent(vmMigCtx(t, 30*time.Second), hd); err != nil {
+	if err := e.b.WaitAgent(testenv.Context(t, 30*time.Second), hd); err != nil {
 		t.Fatalf("guest agent on the destination: %v", err)
 	}
 	// Read back from the disk, not the page cache that came with RAM.
@@ -330,7 +325,7 @@ func TestVMMigrateFailures(t *testing.T) {
 			if !struck && p.Phase == c.phase && (p.DiskDone > 0 || p.TransferredBytes > 0) {
 				struck = true
 				// The migration holds the monitor: State borrows it instead of queueing behind it.
-				midState, midErr = e.a.State(vmMigCtx(t, 5*time.Second), h)
+				midState, midErr = e.a.State(testenv.Context(t, 5*time.Second), h)
 				if c.cancel {
 					cancel()
 				} else {
@@ -352,15 +347,15 @@ func TestVMMigrateFailures(t *testing.T) {
 		if c.cancel {
 			// As after a restart of the destination's daemon: a new driver finds the leftover.
 			b = vmtest.NewDriver(t, e.dirsB, e.images)
-			if pending, err := b.IncomingPending(vmMigCtx(t, 30*time.Second), hd); err != nil || !pending {
+			if pending, err := b.IncomingPending(testenv.Context(t, 30*time.Second), hd); err != nil || !pending {
 				t.Fatalf("%s: IncomingPending = %v, %v", c.name, pending, err)
 			}
 		}
-		if err := b.AbortIncoming(vmMigCtx(t, time.Minute), hd); err != nil {
+		if err := b.AbortIncoming(testenv.Context(t, time.Minute), hd); err != nil {
 			t.Fatalf("%s: AbortIncoming: %v", c.name, err)
 		}
 		vmMigHoldsNothing(t, e.dirsB, h.ID)
-		if st, err := e.a.State(vmMigCtx(t, 10*time.Second), h); err != nil || st != driver.StatusRunning {
+		if st, err := e.a.State(testenv.Context(t, 10*time.Second), h); err != nil || st != driver.StatusRunning {
 			t.Fatalf("%s: source state %s, %v", c.name, st, err)
 		}
 		vmMigExec(t, e.a, h, "sync")
@@ -370,34 +365,34 @@ func TestVMMigrateFailures(t *testing.T) {
 
 	// Completed, but the destination dies before it resumes the guest: the source takes it back.
 	hd, opts := e.incoming(e.a, e.b, h, true, 0)
-	if _, err := e.a.MigrateOut(vmMigCtx(t, 3*time.Minute), h, opts); err != nil {
+	if _, err := e.a.MigrateOut(testenv.Context(t, 3*time.Minute), h, opts); err != nil {
 		t.Fatalf("MigrateOut: %v", err)
 	}
-	if st, _ := e.a.State(vmMigCtx(t, 10*time.Second), h); st != driver.StatusStopped {
+	if st, _ := e.a.State(testenv.Context(t, 10*time.Second), h); st != driver.StatusStopped {
 		t.Errorf("source after a completed migration: %s, want Stopped (postmigrate)", st)
 	}
-	if err := e.a.Resume(vmMigCtx(t, 10*time.Second), h); err == nil {
+	if err := e.a.Resume(testenv.Context(t, 10*time.Second), h); err == nil {
 		t.Fatal("Resume of the postmigrate source succeeded: only AbortOutgoing may take the guest back")
 	}
 	syscall.Kill(e.qemuPID(e.dirsB, h.ID), syscall.SIGKILL)
-	if err := e.b.FinishIncoming(vmMigCtx(t, 30*time.Second), hd); err == nil {
+	if err := e.b.FinishIncoming(testenv.Context(t, 30*time.Second), hd); err == nil {
 		t.Fatal("FinishIncoming succeeded with the destination QEMU killed")
 	} else {
 		t.Logf("FinishIncoming with a dead destination: %v", err)
 	}
-	if err := e.b.AbortIncoming(vmMigCtx(t, time.Minute), hd); err != nil {
+	if err := e.b.AbortIncoming(testenv.Context(t, time.Minute), hd); err != nil {
 		t.Fatalf("AbortIncoming: %v", err)
 	}
 	vmMigHoldsNothing(t, e.dirsB, h.ID)
-	if err := e.a.AbortOutgoing(vmMigCtx(t, time.Minute), h); err != nil {
+	if err := e.a.AbortOutgoing(testenv.Context(t, time.Minute), h); err != nil {
 		t.Fatalf("AbortOutgoing: %v", err)
 	}
-	if st, err := e.a.State(vmMigCtx(t, 10*time.Second), h); err != nil || st != driver.StatusRunning {
+	if st, err := e.a.State(testenv.Context(t, 10*time.Second), h); err != nil || st != driver.StatusRunning {
 		t.Fatalf("source after AbortOutgoing: %s, %v", st, err)
 	}
 	now := vmMigTicks(t, vmMigRead(t, e.a.ConsoleLogPath(h)))
 	vmMigWaitTicks(t, e.a.ConsoleLogPath(h), now+5)
-	if err := e.a.Release(vmMigCtx(t, 10*time.Second), h); err == nil {
+	if err := e.a.Release(testenv.Context(t, 10*time.Second), h); err == nil {
 		t.Fatal("Release of a source that runs the guest succeeded")
 	}
 
@@ -429,7 +424,7 @@ func TestVMMigrateIdleTimes(t *testing.T) {
 			r.res.Mode, c.multifd, map[bool]string{true: "A->B", false: "B->A"}[i%2 == 0], r.res.Downtime.Milliseconds(),
 			r.res.TotalTime.Milliseconds(), r.res.MirrorTime.Milliseconds(), r.res.RAMBytes>>10, r.wall.Round(time.Millisecond)))
 	}
-	if err := hosts[0].WaitAgent(vmMigCtx(t, 30*time.Second), h); err != nil {
+	if err := hosts[0].WaitAgent(testenv.Context(t, 30*time.Second), h); err != nil {
 		t.Fatalf("guest agent after eight moves: %v", err)
 	}
 	t.Logf("idle 256 MiB VM, TCG, loopback:\n%s", strings.Join(table, "\n"))

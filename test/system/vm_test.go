@@ -3,7 +3,6 @@ package system
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,16 +30,10 @@ type vmEnv struct {
 }
 
 func newVMEnv(t *testing.T) *vmEnv {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	e := &vmEnv{t: t, dirs: vmtest.NewDirs(t), images: vmtest.BusyboxImages(t)}
 	e.d = vmtest.NewDriver(t, e.dirs, e.images)
 	return e
-}
-
-func (e *vmEnv) ctx(d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	e.t.Cleanup(cancel)
-	return ctx
 }
 
 // launch creates and starts a VM, deleting it at the end of the test; it returns once the guest
@@ -55,12 +48,12 @@ func (e *vmEnv) launch(name string, config map[string]string) (*driver.Handle, t
 		config["limits.memory"] = "256MiB"
 	}
 	spec := &driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "busybox", Config: config}
-	h, err := e.d.Create(e.ctx(2*time.Minute), spec)
+	h, err := e.d.Create(testenv.Context(e.t, 2*time.Minute), spec)
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // the test's context has ended
 		defer cancel()
 		if err := e.d.Delete(ctx, h); err != nil {
 			t.Errorf("Delete: %v", err)
@@ -71,10 +64,10 @@ func (e *vmEnv) launch(name string, config map[string]string) (*driver.Handle, t
 		}
 	})
 	start := time.Now()
-	if err := e.d.Start(e.ctx(time.Minute), h); err != nil {
+	if err := e.d.Start(testenv.Context(e.t, time.Minute), h); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if err := e.d.WaitAgent(e.ctx(vmBootDeadline), h); err != nil {
+	if err := e.d.WaitAgent(testenv.Context(e.t, vmBootDeadline), h); err != nil {
 		t.Fatalf("guest hung: no agent %v after start: %v", vmBootDeadline, err)
 	}
 	return h, time.Since(start)
@@ -83,7 +76,7 @@ func (e *vmEnv) launch(name string, config map[string]string) (*driver.Handle, t
 func (e *vmEnv) exec(h *driver.Handle, cmd ...string) (int, string, string) {
 	e.t.Helper()
 	var out, errb bytes.Buffer
-	code, err := e.d.Exec(e.ctx(30*time.Second), h, vm.ExecRequest{Cmd: cmd, Stdout: &out, Stderr: &errb})
+	code, err := e.d.Exec(testenv.Context(e.t, 30*time.Second), h, vm.ExecRequest{Cmd: cmd, Stdout: &out, Stderr: &errb})
 	if err != nil {
 		e.t.Fatalf("exec %q: %v", cmd, err)
 	}
@@ -92,7 +85,7 @@ func (e *vmEnv) exec(h *driver.Handle, cmd ...string) (int, string, string) {
 
 func (e *vmEnv) wantState(h *driver.Handle, want driver.Status) {
 	e.t.Helper()
-	got, err := e.d.State(e.ctx(30*time.Second), h)
+	got, err := e.d.State(testenv.Context(e.t, 30*time.Second), h)
 	if err != nil || got != want {
 		e.t.Fatalf("state %s (%v), want %s", got, err, want)
 	}
@@ -114,12 +107,12 @@ func TestVMBootExecInfoPauseStop(t *testing.T) {
 	var in bytes.Buffer
 	in.WriteString("through stdin\n")
 	var out bytes.Buffer
-	if code, err := e.d.Exec(e.ctx(30*time.Second), h, vm.ExecRequest{Cmd: []string{"cat"}, Stdin: &in, Stdout: &out}); err != nil || code != 0 || out.String() != "through stdin\n" {
+	if code, err := e.d.Exec(testenv.Context(e.t, 30*time.Second), h, vm.ExecRequest{Cmd: []string{"cat"}, Stdin: &in, Stdout: &out}); err != nil || code != 0 || out.String() != "through stdin\n" {
 		t.Errorf("cat: %d %q %v", code, out.String(), err)
 	}
 
 	var tty bytes.Buffer
-	if code, err := e.d.Exec(e.ctx(30*time.Second), h, vm.ExecRequest{Cmd: []string{"sh", "-c", "tty; stty size"},
+	if code, err := e.d.Exec(testenv.Context(e.t, 30*time.Second), h, vm.ExecRequest{Cmd: []string{"sh", "-c", "tty; stty size"},
 		TTY: true, Size: driver.TermSize{Rows: 40, Cols: 120}, Stdout: &tty}); err != nil || code != 0 ||
 		!strings.Contains(tty.String(), "/dev/pts/") || !strings.Contains(tty.String(), "40 120") {
 		t.Errorf("exec with a terminal: %d %q %v", code, tty.String(), err)
@@ -130,7 +123,7 @@ func TestVMBootExecInfoPauseStop(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var err error
-		info, err = e.d.GuestInfo(e.ctx(10*time.Second), h)
+		info, err = e.d.GuestInfo(testenv.Context(e.t, 10*time.Second), h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -149,23 +142,23 @@ func TestVMBootExecInfoPauseStop(t *testing.T) {
 
 	// Files both ways.
 	payload := strings.Repeat("tandem\n", 10000)
-	if err := e.d.PushFile(e.ctx(30*time.Second), h, "/root/pushed", strings.NewReader(payload), vm.FileOpts{Mode: 0o600}); err != nil {
+	if err := e.d.PushFile(testenv.Context(e.t, 30*time.Second), h, "/root/pushed", strings.NewReader(payload), vm.FileOpts{Mode: 0o600}); err != nil {
 		t.Fatal(err)
 	}
 	if code, out, _ := e.exec(h, "sh", "-c", "wc -l < /root/pushed; stat -c %a /root/pushed"); code != 0 || out != "10000\n600\n" {
 		t.Errorf("pushed file in guest: %q", out)
 	}
 	var pulled bytes.Buffer
-	if _, err := e.d.PullFile(e.ctx(30*time.Second), h, "/root/pushed", &pulled); err != nil || pulled.String() != payload {
+	if _, err := e.d.PullFile(testenv.Context(e.t, 30*time.Second), h, "/root/pushed", &pulled); err != nil || pulled.String() != payload {
 		t.Errorf("pull: %d bytes, %v", pulled.Len(), err)
 	}
 
 	p := e.d
-	if err := p.Pause(e.ctx(10*time.Second), h); err != nil {
+	if err := p.Pause(testenv.Context(e.t, 10*time.Second), h); err != nil {
 		t.Fatal(err)
 	}
 	e.wantState(h, driver.StatusPaused)
-	if err := p.Resume(e.ctx(10*time.Second), h); err != nil {
+	if err := p.Resume(testenv.Context(e.t, 10*time.Second), h); err != nil {
 		t.Fatal(err)
 	}
 	e.wantState(h, driver.StatusRunning)
@@ -174,7 +167,7 @@ func TestVMBootExecInfoPauseStop(t *testing.T) {
 	}
 
 	start := time.Now()
-	if err := e.d.Stop(e.ctx(time.Minute), h, driver.StopOpts{Timeout: 45 * time.Second}); err != nil {
+	if err := e.d.Stop(testenv.Context(e.t, time.Minute), h, driver.StopOpts{Timeout: 45 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("graceful stop took %v", time.Since(start))
@@ -194,12 +187,12 @@ func TestVMBootExecInfoPauseStop(t *testing.T) {
 func TestVMConsole(t *testing.T) {
 	e := newVMEnv(t)
 	h, _ := e.launch("con1", nil)
-	con, err := e.d.Console(e.ctx(10*time.Second), h)
+	con, err := e.d.Console(testenv.Context(e.t, 10*time.Second), h)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer con.Close()
-	if _, err := e.d.Console(e.ctx(10*time.Second), h); err == nil {
+	if _, err := e.d.Console(testenv.Context(e.t, 10*time.Second), h); err == nil {
 		t.Error("a second console attach succeeded")
 	}
 	got := make(chan string, 1)
@@ -242,7 +235,7 @@ func TestVMMicrovm(t *testing.T) {
 		t.Errorf("microvm cmdline %q", out)
 	}
 	start := time.Now()
-	if err := e.d.Stop(e.ctx(time.Minute), h, driver.StopOpts{Timeout: 30 * time.Second}); err != nil {
+	if err := e.d.Stop(testenv.Context(e.t, time.Minute), h, driver.StopOpts{Timeout: 30 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("graceful stop took %v", time.Since(start))
@@ -260,20 +253,20 @@ func TestVMRecoverFromNewDriver(t *testing.T) {
 	e.d.Close() // the old daemon is gone: its agent connection with it
 	d2 := vmtest.NewDriver(t, e.dirs, e.images)
 	h2 := &driver.Handle{ID: h.ID, Driver: h.Driver, Version: h.Version, DriverState: h.DriverState, Spec: h.Spec}
-	if err := d2.Recover(e.ctx(30*time.Second), h2); err != nil {
+	if err := d2.Recover(testenv.Context(e.t, 30*time.Second), h2); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := d2.State(e.ctx(30*time.Second), h2); err != nil || st != driver.StatusRunning {
+	if st, err := d2.State(testenv.Context(e.t, 30*time.Second), h2); err != nil || st != driver.StatusRunning {
 		t.Fatalf("state after recover %s %v", st, err)
 	}
 	var out bytes.Buffer
-	if code, err := d2.Exec(e.ctx(time.Minute), h2, vm.ExecRequest{Cmd: []string{"echo", "still here"}, Stdout: &out}); err != nil || code != 0 || out.String() != "still here\n" {
+	if code, err := d2.Exec(testenv.Context(e.t, time.Minute), h2, vm.ExecRequest{Cmd: []string{"echo", "still here"}, Stdout: &out}); err != nil || code != 0 || out.String() != "still here\n" {
 		t.Fatalf("exec through the new driver: %d %q %v", code, out.String(), err)
 	}
-	if err := d2.Stop(e.ctx(time.Minute), h2, driver.StopOpts{Force: true}); err != nil {
+	if err := d2.Stop(testenv.Context(e.t, time.Minute), h2, driver.StopOpts{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := d2.State(e.ctx(30*time.Second), h2); st != driver.StatusStopped {
+	if st, _ := d2.State(testenv.Context(e.t, 30*time.Second), h2); st != driver.StatusStopped {
 		t.Fatalf("state after stop %s", st)
 	}
 }
@@ -284,22 +277,22 @@ func TestVMCreateDeleteLeavesNothing(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		spec := &driver.Spec{ID: uuid.NewString(), Name: fmt.Sprintf("seq%d", i), Type: "vm", Image: "busybox",
 			Config: map[string]string{"limits.memory": "128MiB"}}
-		h, err := e.d.Create(e.ctx(time.Minute), spec)
+		h, err := e.d.Create(testenv.Context(e.t, time.Minute), spec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := e.d.Start(e.ctx(time.Minute), h); err != nil {
+		if err := e.d.Start(testenv.Context(e.t, time.Minute), h); err != nil {
 			t.Fatal(err)
 		}
 		if i%2 == 0 { // half are deleted fully booted, half while still booting
-			if err := e.d.WaitAgent(e.ctx(vmBootDeadline), h); err != nil {
+			if err := e.d.WaitAgent(testenv.Context(e.t, vmBootDeadline), h); err != nil {
 				t.Fatalf("guest %d hung: %v", i, err)
 			}
 		}
-		if err := e.d.Delete(e.ctx(time.Minute), h); err != nil {
+		if err := e.d.Delete(testenv.Context(e.t, time.Minute), h); err != nil {
 			t.Fatal(err)
 		}
-		if st, _ := e.d.State(e.ctx(10*time.Second), h); st != driver.StatusGone {
+		if st, _ := e.d.State(testenv.Context(e.t, 10*time.Second), h); st != driver.StatusGone {
 			t.Fatalf("state after delete %s", st)
 		}
 	}
@@ -339,20 +332,15 @@ func processesMentioning(s string) []string {
 // boot, a TPM from swtpm. OVMF's boot manager reaching the (unbootable) disk shows on the console.
 func TestVMWindowsProfileReachesFirmware(t *testing.T) {
 	e := newVMEnv(t)
-	if _, err := os.Stat("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"); err != nil {
-		testenv.Missing(t, "no OVMF (ovmf package)")
-	}
-	if _, err := execLook("swtpm"); err != nil {
-		testenv.Missing(t, "swtpm is not installed")
-	}
+	testenv.Require(t, "ovmf-ms", "swtpm")
 	spec := &driver.Spec{ID: uuid.NewString(), Name: "win1", Type: "vm", Image: "busybox",
 		Config: map[string]string{"image.os": "windows", "limits.memory": "512MiB"}}
-	h, err := e.d.Create(e.ctx(time.Minute), spec)
+	h, err := e.d.Create(testenv.Context(e.t, time.Minute), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.d.Delete(e.ctx(time.Minute), h)
-	if err := e.d.Start(e.ctx(time.Minute), h); err != nil {
+	defer e.d.Delete(testenv.Context(e.t, time.Minute), h)
+	if err := e.d.Start(testenv.Context(e.t, time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(e.d.ConsoleLogPath(h))
@@ -378,7 +366,7 @@ func TestVMWindowsProfileReachesFirmware(t *testing.T) {
 		t.Fatalf("OVMF hung: no BdsDxe line within 3 minutes; console:\n%s", tail(string(console), 2000))
 	}
 	t.Logf("firmware reached: %q", seen)
-	if err := e.d.Stop(e.ctx(time.Minute), h, driver.StopOpts{Force: true}); err != nil {
+	if err := e.d.Stop(testenv.Context(e.t, time.Minute), h, driver.StopOpts{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if procs := processesMentioning(filepath.Join(e.dirs.RunDir, h.ID)); len(procs) > 0 {
@@ -393,24 +381,15 @@ func tail(s string, n int) string {
 	return s
 }
 
-func execLook(name string) (string, error) {
-	for _, d := range []string{"/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"} {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", errors.New(name + " not found")
-}
-
 // QEMU (and so the guest) can run as an unprivileged user: the driver hands it the instance's files.
 func TestVMUnprivilegedQEMU(t *testing.T) {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
+	testenv.Require(t, "user-nobody")
 	e := &vmEnv{t: t, dirs: vmtest.NewDirs(t), images: vmtest.BusyboxImages(t)}
 	d, err := vm.New(vm.Options{Dir: e.dirs.Dir, RunDir: e.dirs.RunDir, Images: e.images, Accel: "tcg",
 		KernelDir: vmtest.KernelDir(), AgentPath: vmtest.Agent(t), Busybox: vmtest.Busybox(), UserNetwork: true, User: "nobody"})
 	if err != nil {
-		t.Skipf("skipping: no user nobody: %v", err)
+		t.Fatal(err)
 	}
 	e.d = d
 	// t.TempDir is 0700 and root's: the unprivileged QEMU must be able to walk to its files.
@@ -439,10 +418,10 @@ func TestVMGuestReboot(t *testing.T) {
 	if code, _, _ := e.exec(h, "touch", "/run/before-reboot"); code != 0 {
 		t.Fatal("touch failed")
 	}
-	e.d.Exec(e.ctx(30*time.Second), h, vm.ExecRequest{Cmd: []string{"reboot"}})
+	e.d.Exec(testenv.Context(e.t, 30*time.Second), h, vm.ExecRequest{Cmd: []string{"reboot"}})
 	deadline := time.Now().Add(vmBootDeadline)
 	for {
-		code, err := e.d.Exec(e.ctx(20*time.Second), h, vm.ExecRequest{Cmd: []string{"test", "-e", "/run/before-reboot"}})
+		code, err := e.d.Exec(testenv.Context(e.t, 20*time.Second), h, vm.ExecRequest{Cmd: []string{"test", "-e", "/run/before-reboot"}})
 		if err == nil && code == 1 {
 			break // /run is a fresh tmpfs: the guest rebooted, and its new agent answers
 		}
@@ -462,7 +441,7 @@ func TestVMGuestReboot(t *testing.T) {
 // console.log.1 (about 2 MiB kept), both the owner's alone, and the newest output is in the log.
 // The log is kept by a process of its own, which goes when QEMU does.
 func TestVMConsoleLogCapped(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startDaemon(t, "--accel", "tcg", "--network=false")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "v1", "--vm")

@@ -11,15 +11,14 @@ import (
 	"time"
 
 	"tandem/internal/daemon"
+	"tandem/internal/testenv"
 )
 
 // With --vm-user, QEMU runs unprivileged and still gets its NIC on the managed network (the tap is
 // made for that user).
 func TestUnprivilegedVMOnNetwork(t *testing.T) {
-	requireRealDrivers(t)
-	if _, err := exec.Command("id", "nobody").Output(); err != nil {
-		t.Skip("there is no user nobody")
-	}
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, "user-nobody")
 	h := startHost(t, "--accel", "tcg", "--vm-user", "nobody")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "v1", "--vm")
@@ -113,10 +112,11 @@ func cgroupLimit(t *testing.T, pid, what string) int64 {
 // daemon's that limits.memory and limits.cpu bound, and its console log is the owner's alone; as
 // that user the VM boots, runs exec, takes a volume and a NIC while it runs, and restarts.
 func TestVMDefaultUserBounded(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
+	testenv.Require(t, "vm-user")
 	u, err := user.Lookup(daemon.DefaultVMUser)
 	if err != nil {
-		t.Skipf("no user %s: scripts/setup.sh creates it", daemon.DefaultVMUser)
+		t.Fatal(err)
 	}
 	h := startHost(t, "--accel", "tcg")
 	h.must("image", "build", "busybox")

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"tandem/internal/testenv"
 )
 
 // vmDisk finds the guest device of the volume attached as disk NAME (its serial) and mounts it.
@@ -18,7 +20,7 @@ mkdir -p /mnt/$1 && mount -t ext4 $d /mnt/$1`
 // Volumes go live between containers and VMs: written in a container, read in a VM, grown, snapshot
 // and restored; one writer at a time; an attached volume cannot be deleted.
 func TestVolumesAcrossInstances(t *testing.T) {
-	requireRealDrivers(t)
+	testenv.Require(t, realDrivers...)
 	h := startHost(t, "--accel", "tcg", "--default-network=false")
 	h.must("image", "build", "busybox")
 	h.must("launch", "busybox", "c1")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"tandem/internal/driver/container/idmap"
 	"tandem/internal/driver/container/rootfs"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -50,10 +50,10 @@ func (d *Driver) Adopt(ctx context.Context, h *driver.Handle, o AdoptOpts) (err 
 	defer func() {
 		if err != nil {
 			if rerr := d.removeFiles(p); rerr != nil {
-				slog.Error("clean up after a failed adopt", "container", h.ID, "err", rerr)
+				logctx.From(ctx).Error("clean up after a failed adopt", "container", h.ID, "err", rerr)
 			}
 			if rerr := d.ids.Release(h.ID); rerr != nil {
-				slog.Error("release the ids after a failed adopt", "container", h.ID, "err", rerr)
+				logctx.From(ctx).Error("release the ids after a failed adopt", "container", h.ID, "err", rerr)
 			}
 		}
 	}()
@@ -136,7 +136,7 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 	if h.Spec.Root != nil { // a root disk on a pool: mounted (unmounted again if the restore fails)
 		if err := d.readyRoot(ctx, h, st, false); err != nil {
 			if cerr := d.cleanupRuntime(context.WithoutCancel(ctx), h.ID); cerr != nil {
-				slog.Error("clean up after a failed restore", "container", h.ID, "err", cerr)
+				logctx.From(ctx).Error("clean up after a failed restore", "container", h.ID, "err", cerr)
 			}
 			return RestoreStats{}, err
 		}
@@ -150,7 +150,7 @@ func (d *Driver) Restore(ctx context.Context, h *driver.Handle, o RestoreOpts) (
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
 			if cerr := d.cleanupRuntime(cctx, h.ID); cerr != nil {
-				slog.Error("clean up after a failed restore", "container", h.ID, "err", cerr)
+				logctx.From(ctx).Error("clean up after a failed restore", "container", h.ID, "err", cerr)
 			}
 		}
 	}()

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"tandem/internal/driver/container/rootfs"
 	"tandem/internal/driver/container/runc"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -76,7 +76,7 @@ func (d *Driver) checkpoint(ctx context.Context, h *driver.Handle, st *instState
 			os.RemoveAll(p.checkpoint)
 			return err
 		}
-		slog.Warn("checkpoint: CRIU failed after it had dumped and stopped the container; keeping its images for the next start",
+		logctx.From(ctx).Warn("checkpoint: CRIU failed after it had dumped and stopped the container; keeping its images for the next start",
 			"container", h.ID, "err", err)
 	}
 	if !opts.LeaveRunning {
@@ -270,7 +270,7 @@ func (d *Driver) restoreFrom(ctx context.Context, h *driver.Handle, st *instStat
 	if !ran {
 		// Not expected with runc 1.1 (and TCP connections would not have come back): make the
 		// namespace usable the old way, after the fact.
-		slog.Warn("restore: "+errNoHook.Error()+"; preparing the network after the restore", "container", h.ID)
+		logctx.From(ctx).Warn("restore: "+errNoHook.Error()+"; preparing the network after the restore", "container", h.ID)
 		if err := d.prepareRestoredNetns(ctx, h, p, pid, meta.Net, false); err != nil {
 			return err
 		}

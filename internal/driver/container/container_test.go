@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -43,24 +42,13 @@ type env struct {
 	parent string // cgroup parent
 }
 
-// needRuntime skips unless the host can run containers: root, runc and busybox.
-func needRuntime(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: the container driver needs root")
-	}
-	if _, err := exec.LookPath("runc"); err != nil {
-		testenv.Missing(t, "runc is not installed")
-	}
-	if _, err := os.Stat(containertest.Busybox); err != nil {
-		testenv.Missing(t, "busybox-static is not installed ("+containertest.Busybox+")")
-	}
-}
+// realContainers is what running containers needs (testenv.Require's names).
+var realContainers = []string{"root", "runc", "busybox"}
 
 // newEnv builds (once) the busybox rootfs and makes a driver on fresh, short directories.
 func newEnv(t *testing.T, tweak ...func(*Options)) *env {
 	t.Helper()
-	needRuntime(t)
+	testenv.Require(t, realContainers...)
 	imagesOnce.Do(func() {
 		imagesDir, imagesErr = os.MkdirTemp("", "tdc-img-")
 		if imagesErr == nil {
@@ -114,7 +102,7 @@ func (e *env) spec(name string, config map[string]string) *driver.Spec {
 }
 
 func TestConformance(t *testing.T) {
-	needRuntime(t)
+	testenv.Require(t, realContainers...)
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) driver.Driver { return newEnv(t).d },
 		Spec: func(t *testing.T, name string) *driver.Spec {
@@ -127,14 +115,13 @@ func TestConformance(t *testing.T) {
 // launch creates and starts a container that is force-stopped and deleted when the test ends.
 func (e *env) launch(t *testing.T, name string, config map[string]string) *driver.Handle {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	h, err := e.d.Create(ctx, e.spec(name, config))
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // the test's context has ended
 		defer cancel()
 		e.d.Stop(ctx, h, driver.StopOpts{Force: true})
 		if err := e.d.Delete(ctx, h); err != nil {
@@ -150,8 +137,7 @@ func (e *env) launch(t *testing.T, name string, config map[string]string) *drive
 // run execs a shell command in the container and returns its stdout+stderr and exit code.
 func (e *env) run(t *testing.T, h *driver.Handle, script string) (string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	var out bytes.Buffer
 	code, err := e.d.Exec(ctx, h, ExecRequest{Cmd: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &out})
 	if err != nil {
@@ -165,7 +151,7 @@ func (e *env) waitLog(t *testing.T, h *driver.Handle, want string) string {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		r, err := e.d.ConsoleLog(bounded(t), h)
+		r, err := e.d.ConsoleLog(testenv.Context(t, 5*time.Minute), h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,12 +165,4 @@ func (e *env) waitLog(t *testing.T, h *driver.Handle, want string) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// bounded is the context of a test's calls into runc and CRIU: a hang fails the test at its
-// deadline instead of running into go test's timeout.
-func bounded(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
 }

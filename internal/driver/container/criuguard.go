@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 
 	"tandem/internal/driver"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 )
 
 // Every CRIU step (a dump, a restore) runs under a deadline. A dump that outlives it is hung:
@@ -69,7 +69,7 @@ func (d *Driver) guardDump(ctx context.Context, h *driver.Handle, clean func() e
 			return errdefs.Unavailable("criu dump did not finish in %s, twice: killed it; the container keeps running on this host (%v)",
 				timeout.Round(time.Second), err)
 		}
-		slog.Warn("criu dump hung: killed it, the container runs on; trying once more without hardware breakpoints",
+		logctx.From(ctx).Warn("criu dump hung: killed it, the container runs on; trying once more without hardware breakpoints",
 			"container", h.ID, "timeout", timeout, "err", err)
 		if err := clean(); err != nil {
 			return err

@@ -19,15 +19,11 @@ import (
 // only those runc asks for, not the probe's), and returns it with its call log.
 func fakeCRIU(t *testing.T, hangs int, swrkOnly bool, after ...bool) (bin, log string) {
 	t.Helper()
+	testenv.Require(t, "criu")
+	if hangs != -1 {
+		testenv.Require(t, "checkpoint") // what passes the hangs must work
+	}
 	real := findCRIU("")
-	if real == "" {
-		testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if s := HostCheckpointSupport(ctx, real, t.TempDir()); !s.Available && hangs != -1 {
-		testenv.Unsupported(t, "this host cannot checkpoint: %s", s.Reason) // what passes the hangs must work
-	}
 	bin, log = containertest.BuildFakeCRIU(t, containertest.FakeCRIU{Real: real, Hangs: hangs, SwrkOnly: swrkOnly, After: len(after) > 0 && after[0]})
 	probeCacheDir = t.TempDir() // the fake's answer is not the host's
 	t.Cleanup(func() { probeCacheDir = "/run/tandem" })
@@ -46,7 +42,7 @@ func startCounter(t *testing.T, e *env, h *driver.Handle) {
 func restoreContinuesCounter(t *testing.T, e *env, h *driver.Handle) {
 	t.Helper()
 	before, _ := readCount(e, h)
-	if err := e.d.Start(bounded(t), h); err != nil {
+	if err := e.d.Start(testenv.Context(t, 5*time.Minute), h); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	time.Sleep(300 * time.Millisecond)
@@ -60,8 +56,7 @@ func restoreContinuesCounter(t *testing.T, e *env, h *driver.Handle) {
 // task traced or frozen, and no criu left.
 func assertRunsAsBefore(t *testing.T, e *env, h *driver.Handle, criu string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 30*time.Second)
 	if st, err := e.d.State(ctx, h); err != nil || st != driver.StatusRunning {
 		t.Fatalf("state after a killed dump: %s %v", st, err)
 	}
@@ -93,8 +88,7 @@ func TestDumpHangRetried(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CRIU, o.CRIUTimeout = bin, 3*time.Second })
 	h := e.launch(t, "hang1", nil)
 	startCounter(t, e, h)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	start := time.Now()
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
 		t.Fatalf("stateful stop with one hung dump: %v", err)
@@ -118,7 +112,7 @@ func TestDumpHangAfterImagesKeepsState(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CRIU, o.CRIUTimeout = bin, 3*time.Second })
 	h := e.launch(t, "hanga", nil)
 	startCounter(t, e, h)
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
 		t.Fatalf("stateful stop whose criu hung after the dump: %v", err)
 	}
@@ -135,8 +129,7 @@ func TestDumpHangTwiceLeavesItRunning(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CRIU, o.CRIUTimeout = bin, 2*time.Second })
 	h := e.launch(t, "hang2", nil)
 	startCounter(t, e, h)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Minute)
 	err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true})
 	if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "criu dump did not finish in 2s, twice") ||
 		!strings.Contains(err.Error(), "keeps running on this host") {
@@ -158,8 +151,7 @@ func TestDumpHangCancelled(t *testing.T) {
 	e := newEnv(t, func(o *Options) { o.CRIU = bin })
 	h := e.launch(t, "hangc", nil)
 	startCounter(t, e, h)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 2*time.Second)
 	start := time.Now()
 	err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true})
 	if err == nil || !strings.Contains(err.Error(), "cancelled") {
@@ -179,8 +171,7 @@ func TestCheckpointProbeRefuses(t *testing.T) {
 	checkpointProbeTimeout = 3 * time.Second
 	e := newEnv(t, func(o *Options) { o.CRIU = bin })
 	h := e.launch(t, "probe", nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 30*time.Second)
 	s := e.d.CheckpointSupport(ctx)
 	if !s.Known || s.Available || !strings.HasPrefix(s.Reason, "criu dump did not finish in 3s on this kernel") {
 		t.Fatalf("probe with a hanging criu: %+v", s)
@@ -208,13 +199,10 @@ func TestCheckpointProbeRefuses(t *testing.T) {
 // The probe with the real criu answers in time; where it says no, the tests that checkpoint
 // skip with its reason.
 func TestCheckpointProbe(t *testing.T) {
-	needRuntime(t)
+	testenv.Require(t, realContainers...)
+	testenv.Require(t, "criu")
 	criu := findCRIU("")
-	if criu == "" {
-		testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 30*time.Second)
 	start := time.Now()
 	s := probeCheckpoint(ctx, criu, t.TempDir())
 	t.Logf("probe: %s in %s", s, time.Since(start).Round(time.Millisecond))
@@ -226,16 +214,17 @@ func TestCheckpointProbe(t *testing.T) {
 	}
 }
 
-// needCheckpoint skips t, with the probe's reason, where CRIU cannot checkpoint (a fact about
-// the kernel: a skip under CI too); a CRIU that is not installed fails under CI.
-func needCheckpoint(t *testing.T, e *env) {
-	t.Helper()
-	if e.d.criuPath == "" {
-		testenv.Missing(t, "CRIU is not installed (scripts/setup.sh builds it)")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if s := e.d.CheckpointSupport(ctx); !s.Available {
-		testenv.Unsupported(t, "this host cannot checkpoint: %s", s)
-	}
+// "checkpoint": this host's CRIU can really dump and restore (the driver's probe): a fact about
+// the kernel, so a skip under CI too; a CRIU that is not installed fails under CI.
+func init() {
+	testenv.Define("checkpoint", testenv.Host, func(ctx context.Context) error {
+		dir, err := os.MkdirTemp("", "tandem-probe-")
+		if err != nil {
+			return err
+		}
+		if s := HostCheckpointSupport(ctx, findCRIU(""), dir); !s.Available {
+			return errors.New("this host cannot checkpoint: " + s.Reason)
+		}
+		return nil
+	}, "root", "criu")
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"tandem/internal/driver/container/runc"
 	"tandem/internal/driver/container/shim"
 	"tandem/internal/errdefs"
+	"tandem/internal/logctx"
 	"tandem/internal/progress"
 )
 
@@ -71,7 +71,7 @@ func (d *Driver) Start(ctx context.Context, h *driver.Handle) (err error) {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
 			if cerr := d.cleanupRuntime(cctx, h.ID); cerr != nil {
-				slog.Error("clean up after a failed start", "container", h.ID, "err", cerr)
+				logctx.From(ctx).Error("clean up after a failed start", "container", h.ID, "err", cerr)
 			}
 		}
 	}()
@@ -284,7 +284,7 @@ func (d *Driver) Recover(ctx context.Context, h *driver.Handle) error {
 			}
 		}
 		if shimPid(p) == 0 {
-			slog.Warn("container runs but its shim is gone: no console until it restarts", "container", h.ID)
+			logctx.From(ctx).Warn("container runs but its shim is gone: no console until it restarts", "container", h.ID)
 		}
 		return nil
 	}

@@ -143,6 +143,5 @@ func onlineCPUs() string {
 	return strings.TrimSpace(string(data))
 }
 
-func i64(v int64) *int64    { return &v }
-func u64(v uint64) *uint64  { return &v }
-func u32p(v uint32) *uint32 { return &v }
+func i64(v int64) *int64   { return &v }
+func u64(v uint64) *uint64 { return &v }

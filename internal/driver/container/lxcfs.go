@@ -3,13 +3,14 @@ package container
 import (
 	"bufio"
 	"context"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"tandem/internal/logctx"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,7 +42,7 @@ func (d *Driver) lxcfsDir(ctx context.Context) string {
 		unix.Unmount(dir, unix.MNT_DETACH)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		slog.Warn("lxcfs: cannot make its mount point", "dir", dir, "err", err)
+		logctx.From(ctx).Warn("lxcfs: cannot make its mount point", "dir", dir, "err", err)
 		return ""
 	}
 	logf, err := os.OpenFile(filepath.Join(d.opts.Dir, "lxcfs.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -55,20 +56,20 @@ func (d *Driver) lxcfsDir(ctx context.Context) string {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		slog.Warn("lxcfs: cannot start", "err", err)
+		logctx.From(ctx).Warn("lxcfs: cannot start", "err", err)
 		return ""
 	}
 	go cmd.Wait()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if lxcfsAlive(dir) {
-			slog.Info("started lxcfs", "dir", dir, "pid", cmd.Process.Pid)
+			logctx.From(ctx).Info("started lxcfs", "dir", dir, "pid", cmd.Process.Pid)
 			return dir
 		}
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	slog.Warn("lxcfs did not come up; containers see the host's /proc files", "dir", dir)
+	logctx.From(ctx).Warn("lxcfs did not come up; containers see the host's /proc files", "dir", dir)
 	return ""
 }
 

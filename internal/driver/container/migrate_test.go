@@ -11,13 +11,14 @@ import (
 
 	"tandem/internal/driver"
 	"tandem/internal/driver/container/containertest"
+	"tandem/internal/testenv"
 )
 
 // An established TCP connection from outside (a client on the bridge) to a server in the
 // container survives a stateful stop and start: the restore hook plugs eth0 in again and puts its
 // address and routes back before CRIU reconnects the socket.
 func TestCheckpointKeepsTCP(t *testing.T) {
-	needRuntime(t)
+	testenv.Require(t, realContainers...)
 	n, err := containertest.NewNet(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -25,7 +26,7 @@ func TestCheckpointKeepsTCP(t *testing.T) {
 	defer n.Close()
 	n.Static = true
 	e := newEnv(t, func(o *Options) { o.PrepareNetwork = n.PrepareNetwork })
-	needCheckpoint(t, e)
+	testenv.Require(t, "checkpoint")
 	h := e.launch(t, "tcp", nil)
 	e.waitLog(t, h, "booted as tcp")
 	e.run(t, h, "nc -ll -p 7000 -e cat </dev/null >/dev/null 2>&1 &")
@@ -37,8 +38,7 @@ func TestCheckpointKeepsTCP(t *testing.T) {
 	if err := c.WaitEcho(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := testenv.Context(t, time.Minute)
 	start := time.Now()
 	if err := e.d.Stop(ctx, h, driver.StopOpts{Stateful: true}); err != nil {
 		t.Fatalf("stateful stop: %v", err)
@@ -128,7 +128,7 @@ func TestPageProxy(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if commit {
-			if err := pp.commit(bounded(t)); err != nil {
+			if err := pp.commit(testenv.Context(t, 5*time.Minute)); err != nil {
 				t.Fatal(err)
 			}
 			if got := <-reqs; got != psIOVClose {
@@ -157,8 +157,7 @@ func TestPageProxy(t *testing.T) {
 	}
 	dst, _ := net.Dial("tcp", pp.ln.Addr().String())
 	dst.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 5*time.Second)
 	if err := pp.commit(ctx); err == nil || !strings.Contains(err.Error(), "disconnected") {
 		t.Fatalf("commit after the destination left: %v", err)
 	}
@@ -168,7 +167,7 @@ func TestPageProxy(t *testing.T) {
 // A daemon that died during a Dump leaves "dumping": Recover settles it by what it finds.
 func TestRecoverSettlesDump(t *testing.T) {
 	e := newEnv(t)
-	needCheckpoint(t, e)
+	testenv.Require(t, "checkpoint")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // a hung criu fails the test, not hangs it
 	defer cancel()
 	h := e.launch(t, "settle", nil)

@@ -6,6 +6,7 @@ import (
 
 	"tandem/internal/driver"
 	"tandem/internal/driver/container/runc"
+	"tandem/internal/testenv"
 )
 
 func TestCgroupFileHas(t *testing.T) {
@@ -24,7 +25,7 @@ func TestCgroupFileHas(t *testing.T) {
 func TestObserveAgreesWithRunc(t *testing.T) {
 	e := newEnv(t)
 	h := e.launch(t, "obs", nil)
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	agree := func(want driver.Status) {
 		t.Helper()
 		got, pid := e.d.observe(h.ID)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tandem/internal/driver"
+	"tandem/internal/testenv"
 )
 
 // Limits reach the cgroup at boot and live; lxcfs shows them in /proc inside.
@@ -24,7 +25,7 @@ func TestLimitsLiveAndLXCFS(t *testing.T) {
 	if f := strings.Fields(out); len(f) != 2 || f[0] != "67108864" || f[1] != "50" {
 		t.Fatalf("cgroup limits inside: %q", out)
 	}
-	if e.d.lxcfsDir(bounded(t)) != "" {
+	if e.d.lxcfsDir(testenv.Context(t, 5*time.Minute)) != "" {
 		out, _ = e.run(t, h, "free -m | awk '/^Mem:/ {print $2}'; grep -c ^processor /proc/cpuinfo")
 		if f := strings.Fields(out); len(f) != 2 || f[0] != "64" || f[1] != "1" {
 			t.Errorf("free/cpuinfo inside (lxcfs): %q, want 64 MiB and 1 CPU", out)
@@ -35,7 +36,7 @@ func TestLimitsLiveAndLXCFS(t *testing.T) {
 
 	spec := h.Spec
 	spec.Config = map[string]string{"limits.memory": "128MiB"}
-	if err := e.d.Update(bounded(t), h, &spec); err != nil {
+	if err := e.d.Update(testenv.Context(t, 5*time.Minute), h, &spec); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
 	out, _ = e.run(t, h, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max")
@@ -48,20 +49,20 @@ func TestPauseAndStats(t *testing.T) {
 	e := newEnv(t)
 	h := e.launch(t, "stats", nil)
 	e.waitLog(t, h, "booted as stats")
-	st, err := e.d.Stats(bounded(t), h)
+	st, err := e.d.Stats(testenv.Context(t, 5*time.Minute), h)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Processes < 2 || st.MemoryBytes == 0 || st.CPUTime == 0 {
 		t.Errorf("stats %+v", st)
 	}
-	if err := e.d.Pause(bounded(t), h); err != nil {
+	if err := e.d.Pause(testenv.Context(t, 5*time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.d.Stats(bounded(t), h); err != nil {
+	if _, err := e.d.Stats(testenv.Context(t, 5*time.Minute), h); err != nil {
 		t.Errorf("stats of a paused container: %v", err)
 	}
-	if err := e.d.Resume(bounded(t), h); err != nil {
+	if err := e.d.Resume(testenv.Context(t, 5*time.Minute), h); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -74,7 +75,7 @@ func TestExec(t *testing.T) {
 			t.Errorf("exit code %d, want %d", code, want)
 		}
 	}
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	var out, errOut bytes.Buffer
 	code, err := e.d.Exec(ctx, h, ExecRequest{Cmd: []string{"/bin/sh", "-c", "tr a-z A-Z; echo oops >&2; pwd; echo $GREETING"},
 		Stdin: strings.NewReader("from stdin\n"), Stdout: &out, Stderr: &errOut, Cwd: "/etc", Env: []string{"GREETING=hi"}})
@@ -98,7 +99,7 @@ func TestConsole(t *testing.T) {
 	e := newEnv(t)
 	h := e.launch(t, "console", nil)
 	e.waitLog(t, h, "booted as console")
-	con, err := e.d.Console(bounded(t), h)
+	con, err := e.d.Console(testenv.Context(t, 5*time.Minute), h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	if err := d2.Recover(ctx, h); err != nil {
 		t.Fatal(err)
 	}
@@ -162,9 +163,9 @@ func TestRecoverAfterRestart(t *testing.T) {
 // A counter in a shell variable survives a stateful stop and start.
 func TestCheckpointRestore(t *testing.T) {
 	e := newEnv(t)
-	needCheckpoint(t, e)
+	testenv.Require(t, "checkpoint")
 	h := e.launch(t, "criu", map[string]string{"limits.memory": "96MiB"})
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	// Written aside and renamed: a checkpoint between the truncate and the write would read "".
 	e.run(t, h, "i=0; (while true; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) >/dev/null 2>&1 </dev/null &")
 	time.Sleep(500 * time.Millisecond)
@@ -222,7 +223,7 @@ func TestPrivilegedToggle(t *testing.T) {
 	if out, _ := e.run(t, h, "cat /proc/self/uid_map"); strings.Fields(out)[1] != "0" {
 		t.Fatalf("privileged uid_map %q", out)
 	}
-	ctx := bounded(t)
+	ctx := testenv.Context(t, 5*time.Minute)
 	spec := h.Spec
 	spec.Config = map[string]string{}
 	if err := e.d.Update(ctx, h, &spec); err == nil {

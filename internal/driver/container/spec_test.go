@@ -132,6 +132,7 @@ func TestBuildSpecRestoreHook(t *testing.T) {
 	}
 	in.NetnsHook = []string{"/proc/1/exe", ShimArg, "netns-hook", "/run/x/hook.sock"}
 	s := buildSpec(in)
+	//lint:ignore SA1019 the check is that the deprecated prestart hook stays unused
 	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || len(s.Hooks.Prestart) != 0 {
 		t.Fatalf("restore config hooks: %+v", s.Hooks)
 	}

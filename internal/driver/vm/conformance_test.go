@@ -7,12 +7,13 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/drivertest"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/testenv"
 )
 
 // The conformance suite against real QEMU under TCG. Every subtest boots a VM; the suite's timeout
 // bounds each, so a hung boot fails rather than waits.
 func TestConformance(t *testing.T) {
-	vmtest.Require(t)
+	testenv.Require(t, vmtest.Components...)
 	images := vmtest.BusyboxImages(t)
 	dirs := vmtest.NewDirs(t)
 	drivertest.Run(t, drivertest.Harness{

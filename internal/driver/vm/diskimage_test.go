@@ -81,9 +81,7 @@ func (i *diskImages) ExtractDisk(_ context.Context, _, out string) (string, erro
 // Instances of a disk image share one base, extracted once, under overlays that name it raw; the
 // base goes with the last of them. Start boots it through the firmware, with no kernel of ours.
 func TestDiskImageSharedBase(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		testenv.Missing(t, "qemu-img is not installed (qemu-utils)")
-	}
+	testenv.Require(t, "qemu-img")
 	run, err := os.MkdirTemp("", "tvmd")
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +96,7 @@ func TestDiskImageSharedBase(t *testing.T) {
 	}
 	var hs []*driver.Handle
 	for _, name := range []string{"d1", "d2"} {
-		h, err := d.Create(ctx(t), &driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "marker"})
+		h, err := d.Create(testenv.Context(t, time.Minute), &driver.Spec{ID: uuid.NewString(), Name: name, Type: "vm", Image: "marker"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +129,7 @@ func TestDiskImageSharedBase(t *testing.T) {
 	if _, err := os.Stat(p.vars); err != nil {
 		t.Errorf("no UEFI variable store: %v", err)
 	}
-	qc, err := d.qemuConfig(ctx(t), hs[0], cfg, p)
+	qc, err := d.qemuConfig(testenv.Context(t, time.Minute), hs[0], cfg, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,13 +137,13 @@ func TestDiskImageSharedBase(t *testing.T) {
 		t.Errorf("qemu config boots %q/%q with firmware %+v from %+v", qc.Kernel, qc.Initrd, qc.Firmware, qc.Disks)
 	}
 
-	if err := d.Delete(ctx(t), hs[0]); err != nil {
+	if err := d.Delete(testenv.Context(t, time.Minute), hs[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(bases[0]); err != nil {
 		t.Fatalf("base gone while d2 uses it: %v", err)
 	}
-	if err := d.Delete(ctx(t), hs[1]); err != nil {
+	if err := d.Delete(testenv.Context(t, time.Minute), hs[1]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(bases[0]); !os.IsNotExist(err) {
@@ -163,7 +161,7 @@ func TestDiskImageNoAgentFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	_, err := f.d.Exec(ctx(t), f.h, ExecRequest{Cmd: []string{"true"}})
+	_, err := f.d.Exec(testenv.Context(t, time.Minute), f.h, ExecRequest{Cmd: []string{"true"}})
 	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "no guest agent") {
 		t.Fatalf("exec: %v, want unavailable: no guest agent", err)
 	}

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"tandem/internal/testenv"
 )
 
 // The driver lists the VMs it has a config for, so the daemon can find those it has no record of;
@@ -13,7 +16,7 @@ func TestInstanceIDs(t *testing.T) {
 	f := newFakeVM(t)
 	os.MkdirAll(filepath.Join(f.d.opts.Dir, "instances", "half-made"), 0o700)
 	os.MkdirAll(filepath.Join(f.d.opts.Dir, "instances", ".hidden"), 0o700)
-	ids, err := f.d.InstanceIDs(ctx(t))
+	ids, err := f.d.InstanceIDs(testenv.Context(t, time.Minute))
 	if err != nil || !slices.Equal(ids, []string{f.h.ID}) {
 		t.Fatalf("ids %v %v, want [%s]", ids, err, f.h.ID)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"tandem/internal/errdefs"
 	"tandem/internal/qmp/qmptest"
+	"tandem/internal/testenv"
 )
 
 func ioErrorStatus() any { return map[string]any{"running": false, "status": "io-error"} }
@@ -26,7 +27,7 @@ func TestStatusReasonNamesFullDisk(t *testing.T) {
 	f := newFakeVM(t)
 	f.srv.Handle("query-status", qmptest.Expect("query-status").Return(ioErrorStatus()))
 	f.srv.Handle("query-block", qmptest.Expect("query-block").Return(fullDisk()))
-	reason, err := f.d.StatusReason(ctx(t), f.h)
+	reason, err := f.d.StatusReason(testenv.Context(t, time.Minute), f.h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestStatusReasonNamesFullDisk(t *testing.T) {
 
 	f2 := newFakeVM(t)
 	f2.srv.Handle("query-status", qmptest.Expect("query-status").Return(map[string]any{"running": false, "status": "paused"}))
-	if reason, err := f2.d.StatusReason(ctx(t), f2.h); err != nil || reason != "" {
+	if reason, err := f2.d.StatusReason(testenv.Context(t, time.Minute), f2.h); err != nil || reason != "" {
 		t.Fatalf("a user's pause: reason %q, %v", reason, err)
 	}
 }
@@ -53,7 +54,7 @@ func TestResumeAfterIOErrorThatRepeatsFails(t *testing.T) {
 	f.srv.Handle("query-status", qmptest.Expect("query-status").Return(ioErrorStatus()))
 	f.srv.Handle("query-block", qmptest.Expect("query-block").Return(fullDisk()))
 	f.srv.Handle("cont", qmptest.Expect("cont"))
-	err := f.d.Resume(ctx(t), f.h)
+	err := f.d.Resume(testenv.Context(t, time.Minute), f.h)
 	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), "stays paused") {
 		t.Fatalf("resume into a full pool: %v", err)
 	}
@@ -75,7 +76,7 @@ func TestResumeAfterIOErrorThatHolds(t *testing.T) {
 		return map[string]any{}, nil
 	}))
 	start := time.Now()
-	if err := f.d.Resume(ctx(t), f.h); err != nil {
+	if err := f.d.Resume(testenv.Context(t, time.Minute), f.h); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < resumeHoldsFor {

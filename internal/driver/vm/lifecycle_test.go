@@ -17,7 +17,6 @@ import (
 	"github.com/google/uuid"
 
 	"tandem/internal/driver"
-	"tandem/internal/driver/vm/bootfs"
 	"tandem/internal/errdefs"
 	"tandem/internal/qmp/qmptest"
 	"tandem/internal/testenv"
@@ -97,12 +96,6 @@ func (f *fakeVM) dieOn(t *testing.T, command string) {
 	}()
 }
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
 func running() any { return map[string]any{"running": true, "status": "running"} }
 
 func TestStopGracefulPressesPowerButton(t *testing.T) {
@@ -111,7 +104,7 @@ func TestStopGracefulPressesPowerButton(t *testing.T) {
 		qmptest.Expect("system_powerdown").Event("POWERDOWN", nil),
 	)
 	f.dieOn(t, "system_powerdown") // the guest acts on the button
-	if err := f.d.Stop(ctx(t), f.h, driver.StopOpts{Timeout: 20 * time.Second}); err != nil {
+	if err := f.d.Stop(testenv.Context(t, time.Minute), f.h, driver.StopOpts{Timeout: 20 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if slices.Contains(f.srv.Names(), "quit") {
@@ -125,13 +118,13 @@ func TestStopGracefulPressesPowerButton(t *testing.T) {
 func TestStopForceQuits(t *testing.T) {
 	f := newFakeVM(t, qmptest.Expect("quit").HangUp())
 	f.dieOn(t, "quit")
-	if err := f.d.Stop(ctx(t), f.h, driver.StopOpts{Force: true}); err != nil {
+	if err := f.d.Stop(testenv.Context(t, time.Minute), f.h, driver.StopOpts{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := f.d.State(ctx(t), f.h); st != driver.StatusStopped {
+	if st, _ := f.d.State(testenv.Context(t, time.Minute), f.h); st != driver.StatusStopped {
 		t.Fatalf("state %s", st)
 	}
-	if err := f.d.Stop(ctx(t), f.h, driver.StopOpts{}); !errors.Is(err, driver.ErrNotRunning) {
+	if err := f.d.Stop(testenv.Context(t, time.Minute), f.h, driver.StopOpts{}); !errors.Is(err, driver.ErrNotRunning) {
 		t.Fatalf("second stop: %v", err)
 	}
 }
@@ -144,7 +137,7 @@ func TestStopIgnoredButtonFallsBack(t *testing.T) {
 	f.srv.Handle("system_powerdown", qmptest.Expect("system_powerdown"))
 	f.srv.Handle("quit", qmptest.Expect("quit")) // answers, but the process stays: SIGKILL it is
 	start := time.Now()
-	if err := f.d.Stop(ctx(t), f.h, driver.StopOpts{Timeout: 3 * time.Second}); err != nil {
+	if err := f.d.Stop(testenv.Context(t, time.Minute), f.h, driver.StopOpts{Timeout: 3 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
@@ -174,7 +167,7 @@ func TestStopPausedGuestResumesFirst(t *testing.T) {
 		qmptest.Expect("system_powerdown"),
 	)
 	f.dieOn(t, "system_powerdown")
-	if err := f.d.Stop(ctx(t), f.h, driver.StopOpts{Timeout: 20 * time.Second}); err != nil {
+	if err := f.d.Stop(testenv.Context(t, time.Minute), f.h, driver.StopOpts{Timeout: 20 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -187,16 +180,16 @@ func TestPauseResumeAndState(t *testing.T) {
 		qmptest.Expect("cont").EventBefore("RESUME", nil),
 		qmptest.Expect("query-status").Return(running()),
 	)
-	if err := f.d.Pause(ctx(t), f.h); err != nil {
+	if err := f.d.Pause(testenv.Context(t, time.Minute), f.h); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := f.d.State(ctx(t), f.h); err != nil || st != driver.StatusPaused {
+	if st, err := f.d.State(testenv.Context(t, time.Minute), f.h); err != nil || st != driver.StatusPaused {
 		t.Fatalf("state %s %v", st, err)
 	}
-	if err := f.d.Resume(ctx(t), f.h); err != nil {
+	if err := f.d.Resume(testenv.Context(t, time.Minute), f.h); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := f.d.State(ctx(t), f.h); err != nil || st != driver.StatusRunning {
+	if st, err := f.d.State(testenv.Context(t, time.Minute), f.h); err != nil || st != driver.StatusRunning {
 		t.Fatalf("state %s %v", st, err)
 	}
 }
@@ -205,14 +198,14 @@ func TestStateOfDeadAndUnknown(t *testing.T) {
 	f := newFakeVM(t)
 	f.die()
 	<-f.exited
-	if st, err := f.d.State(ctx(t), f.h); err != nil || st != driver.StatusStopped {
+	if st, err := f.d.State(testenv.Context(t, time.Minute), f.h); err != nil || st != driver.StatusStopped {
 		t.Fatalf("dead qemu: %s %v", st, err)
 	}
-	if err := f.d.Pause(ctx(t), f.h); !errors.Is(err, driver.ErrNotRunning) {
+	if err := f.d.Pause(testenv.Context(t, time.Minute), f.h); !errors.Is(err, driver.ErrNotRunning) {
 		t.Fatalf("pause of a dead VM: %v", err)
 	}
 	other := &driver.Handle{ID: uuid.NewString()}
-	if st, _ := f.d.State(ctx(t), other); st != driver.StatusGone {
+	if st, _ := f.d.State(testenv.Context(t, time.Minute), other); st != driver.StatusGone {
 		t.Fatalf("unknown: %s", st)
 	}
 }
@@ -220,7 +213,7 @@ func TestStateOfDeadAndUnknown(t *testing.T) {
 func TestRecoverChecksMonitor(t *testing.T) {
 	f := newFakeVM(t, qmptest.Expect("query-status").Return(running()),
 		qmptest.Expect("query-migrate").Return(map[string]any{})) // no orphaned migration to cancel
-	if err := f.d.Recover(ctx(t), f.h); err != nil {
+	if err := f.d.Recover(testenv.Context(t, time.Minute), f.h); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(f.h.DriverState), strconv.Itoa(f.pid)) {
@@ -242,9 +235,7 @@ func TestStatusMapping(t *testing.T) {
 
 // A QEMU that exits at start-up fails Start with its own message, at once.
 func TestStartReportsQEMUError(t *testing.T) {
-	if _, err := os.Stat("/bin/busybox"); err != nil || bootfs.CheckStatic("/bin/busybox") != nil {
-		testenv.Missing(t, "needs a static /bin/busybox for the initramfs")
-	}
+	testenv.Require(t, "busybox") // for the initramfs
 	run, _ := os.MkdirTemp("", "tvmu")
 	defer os.RemoveAll(run)
 	dir := t.TempDir()
@@ -265,7 +256,7 @@ func TestStartReportsQEMUError(t *testing.T) {
 	os.MkdirAll(p.dir, 0o700)
 	writeJSON(p.config, instanceConfig{Name: "x", Machine: "q35", Firmware: "bios"})
 	start := time.Now()
-	err = d.Start(ctx(t), h)
+	err = d.Start(testenv.Context(t, time.Minute), h)
 	if err == nil || !strings.Contains(err.Error(), "something is wrong") {
 		t.Fatalf("Start: %v", err)
 	}

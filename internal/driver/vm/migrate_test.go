@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"tandem/internal/qmp/qmptest"
+	"tandem/internal/testenv"
 )
 
 // The mirrored migration as QEMU sees it: the mirror is in sync before RAM moves, and it ends while
@@ -43,7 +44,7 @@ func TestMigrateOutMirrorSequence(t *testing.T) {
 		qmptest.Expect("blockdev-del").CheckArgs(want("node-name", mirrorNode)),
 	)
 	var phases []string
-	res, err := f.d.MigrateOut(ctx(t), f.h, MigrateOpts{URI: "tcp:127.0.0.1:4444", NBD: "tcp:127.0.0.1:4445",
+	res, err := f.d.MigrateOut(testenv.Context(t, time.Minute), f.h, MigrateOpts{URI: "tcp:127.0.0.1:4444", NBD: "tcp:127.0.0.1:4445",
 		Progress: func(p MigrationProgress) { phases = append(phases, p.Phase) }})
 	if err != nil {
 		t.Fatalf("MigrateOut: %v (commands %v)", err, f.srv.Names())
@@ -76,7 +77,7 @@ func TestMigrateOutFailureResumes(t *testing.T) {
 		qmptest.Expect("cont"),
 	)
 	writeJSON(f.p.config, instanceConfig{Name: "f1", Machine: "q35", Firmware: "bios", Disk: "/shared/f1.qcow2"})
-	_, err := f.d.MigrateOut(ctx(t), f.h, MigrateOpts{URI: "unix:/run/x/mig.sock"})
+	_, err := f.d.MigrateOut(testenv.Context(t, time.Minute), f.h, MigrateOpts{URI: "unix:/run/x/mig.sock"})
 	if err == nil || !strings.Contains(err.Error(), "Broken pipe") || !strings.Contains(err.Error(), "keeps running here") {
 		t.Fatalf("MigrateOut: %v", err)
 	}
@@ -88,7 +89,7 @@ func TestMigrateOutFailureResumes(t *testing.T) {
 // A disk in the instance dir is local whatever the caller says: a shared move of it is refused.
 func TestMigrateOutSharedNeedsSharedDisk(t *testing.T) {
 	f := newFakeVM(t)
-	if _, err := f.d.MigrateOut(ctx(t), f.h, MigrateOpts{URI: "tcp:127.0.0.1:1"}); err == nil {
+	if _, err := f.d.MigrateOut(testenv.Context(t, time.Minute), f.h, MigrateOpts{URI: "tcp:127.0.0.1:1"}); err == nil {
 		t.Fatal("MigrateOut accepted a shared move of an instance-dir disk")
 	}
 }
@@ -120,7 +121,7 @@ func TestCompareVersions(t *testing.T) {
 // Resume must not cont a migration's end: on the source that would run the guest on two hosts.
 func TestResumeRefusesPostmigrate(t *testing.T) {
 	f := newFakeVM(t, qmptest.Expect("query-status").Return(map[string]any{"running": false, "status": "postmigrate"}))
-	if err := f.d.Resume(ctx(t), f.h); err == nil {
+	if err := f.d.Resume(testenv.Context(t, time.Minute), f.h); err == nil {
 		t.Fatal("Resume of a postmigrate source succeeded")
 	}
 	if slices.Contains(f.srv.Names(), "cont") {

@@ -1,13 +1,13 @@
 package vm
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"tandem/internal/driver"
 	"tandem/internal/qmp/qmptest"
+	"tandem/internal/testenv"
 )
 
 func guestStatus(on bool) map[string]any {
@@ -27,8 +27,7 @@ func TestSaveStatePausesAndWaits(t *testing.T) {
 		qmptest.Expect("query-migrate").Return(map[string]any{"status": "active"}),
 		qmptest.Expect("query-migrate").Return(map[string]any{"status": "completed"}),
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 10*time.Second)
 	if ran, err := migrateOut(ctx, srv.Dial(t), "unix:/run/x/save.sock"); err != nil || !ran {
 		t.Fatalf("save: ran before %v, %v", ran, err)
 	}
@@ -45,8 +44,7 @@ func TestSaveStateFailureResumes(t *testing.T) {
 		qmptest.Expect("migrate_cancel"),
 		qmptest.Expect("cont"),
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 10*time.Second)
 	_, err := migrateOut(ctx, srv.Dial(t), "unix:/s")
 	if err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("err = %v, want QEMU's reason", err)
@@ -61,8 +59,7 @@ func TestSaveStateFailureKeepsPaused(t *testing.T) {
 		qmptest.Expect("migrate").Fail("GenericError", "no socket"),
 		qmptest.Expect("migrate_cancel"),
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := testenv.Context(t, 10*time.Second)
 	if _, err := migrateOut(ctx, srv.Dial(t), "unix:/s"); err == nil {
 		t.Fatal("a failed migrate was taken for a save")
 	}

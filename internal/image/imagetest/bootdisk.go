@@ -10,16 +10,14 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
-	"testing"
 
 	"tandem/internal/driver/vm/bootfs"
 	"tandem/internal/driver/vm/qemucmd"
 	"tandem/internal/driver/vm/vmtest"
+	"tandem/internal/hostexec"
 	"tandem/internal/image"
 )
 
@@ -43,29 +41,13 @@ type Disk struct {
 	Busybox string // a static busybox; default vmtest.Busybox()
 }
 
-// Require skips t, saying why, unless the tools that build a disk for firmware are installed.
-func Require(t testing.TB, firmware string) {
-	t.Helper()
-	tools := []string{"mformat", "mmd", "mcopy", "qemu-img"}
-	files := []string{filepath.Join(vmtest.KernelDir(), "vmlinuz")}
+// Components is what building a disk for firmware needs (testenv.Require's names).
+func Components(firmware string) []string {
+	c := []string{"mtools", "qemu-img", "guest-kernel", "busybox"}
 	if firmware == image.FirmwareBIOS {
-		tools, files = append(tools, "syslinux"), append(files, syslinuxMBR)
-	} else {
-		tools, files = append(tools, "grub-mkstandalone"), append(files, filepath.Join(grubEFIDir, "linux.mod"))
+		return append(c, "syslinux")
 	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed (scripts/setup.sh installs mtools, syslinux, grub-efi-amd64-bin)", tool)
-		}
-	}
-	for _, f := range files {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("skipping: %v (scripts/setup.sh)", err)
-		}
-	}
-	if vmtest.Busybox() == "" {
-		t.Skip("skipping: no static busybox (busybox-static)")
-	}
+	return append(c, "grub-efi")
 }
 
 // Build writes the disk to path.
@@ -246,9 +228,5 @@ func writePartition(e []byte, active, typ byte, start, sectors int64) {
 }
 
 func run(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
+	return hostexec.Command(name, args...).Run(ctx)
 }

@@ -1,7 +1,6 @@
 package imagetest
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"tandem/internal/image"
+	"tandem/internal/testenv"
 )
 
 // Both kinds of disk hold what their boot loader reads, and pack into images the store takes as
@@ -21,9 +21,8 @@ func TestBuildBootDisks(t *testing.T) {
 		{Firmware: image.FirmwareUEFI, Format: image.DiskRaw, Marker: "UEFI-MARK"},
 	} {
 		t.Run(c.Firmware, func(t *testing.T) {
-			Require(t, c.Firmware)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
+			testenv.Require(t, Components(c.Firmware)...)
+			ctx := testenv.Context(t, time.Minute)
 			dir := t.TempDir()
 			raw := filepath.Join(dir, "check.raw")
 			c.Format = image.DiskRaw

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tandem/internal/testenv"
 )
 
 const childEnv = "TANDEM_NETTEST_NETNS"
@@ -20,24 +22,17 @@ const childEnv = "TANDEM_NETTEST_NETNS"
 // InFreshNetns makes the calling test run in a new network namespace. In the parent test process
 // it creates the namespace, re-runs only this test there (ip netns exec also gives it a private
 // mount namespace and /sys), removes the namespace and anything left running in it, and returns
-// false: the caller returns too. In the re-run child it returns true. It skips the test without
-// root or without one of tools.
-func InFreshNetns(t *testing.T, tools ...string) bool {
+// false: the caller returns too. In the re-run child it returns true. It stops the test (see
+// testenv.Require) without root, iproute2 or one of components.
+func InFreshNetns(t *testing.T, components ...string) bool {
 	if os.Getenv(childEnv) != "" {
 		return true
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (creates network namespaces, bridges, nft tables)")
-	}
-	for _, tool := range append([]string{"ip"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (scripts/setup.sh installs it)", tool)
-		}
-	}
+	testenv.Require(t, append([]string{"root", "iproute2"}, components...)...)
 	suffix := fmt.Sprintf("%06x", rand.IntN(1<<24))
 	ns := "tandem-test-" + suffix
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: %v: %s", err, out)
+		testenv.Unsupported(t, "cannot create a network namespace: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
 		killLeftovers(t, ns)

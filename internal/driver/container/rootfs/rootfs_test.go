@@ -7,13 +7,13 @@ import (
 	"path/filepath"
 	"testing"
 
+	"tandem/internal/testenv"
+
 	"golang.org/x/sys/unix"
 )
 
 func TestCopyShiftsOwnersAndKeepsMetadata(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("rootfs copy needs root to chown")
-	}
+	testenv.Require(t, "root") // to chown
 	src := t.TempDir()
 	must(t, os.MkdirAll(filepath.Join(src, "bin"), 0o755))
 	must(t, os.WriteFile(filepath.Join(src, "bin", "su"), []byte("x"), 0o755))

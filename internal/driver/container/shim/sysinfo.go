@@ -70,8 +70,6 @@ func listenSysinfo(path string) (*sysinfoAgent, error) {
 	return a, nil
 }
 
-func (a *sysinfoAgent) close() { a.ln.Close() }
-
 // receiveFd reads one message carrying one descriptor (runc sends the container state as JSON
 // with the seccomp fd; the state is not needed here).
 func receiveFd(conn *net.UnixConn) (int, error) {

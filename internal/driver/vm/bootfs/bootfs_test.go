@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"tandem/internal/testenv"
 	"testing"
+
+	"tandem/internal/testenv"
 )
 
 func TestResolveModulesOrder(t *testing.T) {
@@ -44,13 +45,8 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
 
 // The archive must unpack with a standard cpio and hold what init needs.
 func TestInitramfsUnpacks(t *testing.T) {
-	bb := "/usr/bin/busybox"
-	if _, err := os.Stat(bb); err != nil {
-		testenv.Missing(t, "no static busybox at /usr/bin/busybox")
-	}
-	if CheckStatic(bb) != nil {
-		testenv.Missing(t, "/usr/bin/busybox is not static")
-	}
+	testenv.Require(t, "busybox")
+	bb := testenv.Busybox
 	mdir := t.TempDir()
 	os.MkdirAll(filepath.Join(mdir, "kernel"), 0o755)
 	os.WriteFile(filepath.Join(mdir, "kernel", "virtio.ko"), []byte("ELF-virtio"), 0o644)

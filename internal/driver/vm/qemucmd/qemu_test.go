@@ -1,13 +1,13 @@
 package qemucmd
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"tandem/internal/hostexec"
 	"tandem/internal/qmp"
 	"tandem/internal/testenv"
 )
@@ -16,21 +16,12 @@ import (
 // temporary ones) and checks it gets as far as answering QMP: the golden files only prove the args are
 // what we meant, this proves QEMU 7.2 takes them.
 func TestQEMUAcceptsProfiles(t *testing.T) {
-	bin, err := exec.LookPath("qemu-system-x86_64")
+	testenv.Require(t, "qemu", "qemu-img", "guest-kernel")
+	bin, err := hostexec.Look("qemu-system-x86_64")
 	if err != nil {
-		testenv.Missing(t, "qemu-system-x86_64 not installed")
+		t.Fatal(err)
 	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		testenv.Missing(t, "qemu-img not installed")
-	}
-	kernel := os.Getenv("TANDEM_GUEST_DIR")
-	if kernel == "" {
-		kernel = "/usr/local/share/tandem/guest"
-	}
-	kernel = filepath.Join(kernel, "vmlinux")
-	if _, err := os.Stat(kernel); err != nil {
-		testenv.Missing(t, "no guest kernel at %s", kernel)
-	}
+	kernel := filepath.Join(testenv.GuestKernelDir(), "vmlinux")
 	for name, cfg := range profiles() {
 		t.Run(name, func(t *testing.T) {
 			dir, err := os.MkdirTemp("", "qc")
@@ -52,13 +43,11 @@ func TestQEMUAcceptsProfiles(t *testing.T) {
 				cfg.Kernel, cfg.Initrd = kernel, ""
 			}
 			if cfg.Firmware.Code != "" {
-				if _, err := os.Stat(cfg.Firmware.Code); err != nil {
-					testenv.Missing(t, "no OVMF at %s", cfg.Firmware.Code)
-				}
+				testenv.Require(t, "ovmf", "ovmf-ms")
 				vars := filepath.Join(dir, "vars.fd")
 				data, err := os.ReadFile(filepath.Join(filepath.Dir(cfg.Firmware.Code), "OVMF_VARS_4M.fd"))
 				if err != nil {
-					testenv.Missing(t, "no OVMF_VARS_4M.fd")
+					t.Fatal(err)
 				}
 				os.WriteFile(vars, data, 0o600)
 				cfg.Firmware.Vars = vars
@@ -85,8 +74,7 @@ func TestQEMUAcceptsProfiles(t *testing.T) {
 			exited := make(chan struct{})
 			go func() { cmd.Wait(); close(exited) }()
 			defer func() { cmd.Process.Kill(); <-exited }()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
+			ctx := testenv.Context(t, 20*time.Second)
 			for {
 				c, err := qmp.Dial(ctx, cfg.QMPSocket)
 				if err == nil {

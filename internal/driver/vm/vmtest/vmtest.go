@@ -18,52 +18,17 @@ import (
 	"tandem/internal/driver"
 	"tandem/internal/driver/vm"
 	"tandem/internal/image"
+	"tandem/internal/testenv"
 )
 
 // KernelDir is the guest kernel tests use: $TANDEM_GUEST_DIR, else vm.DefaultKernelDir.
-func KernelDir() string {
-	if d := os.Getenv("TANDEM_GUEST_DIR"); d != "" {
-		return d
-	}
-	return vm.DefaultKernelDir
-}
+func KernelDir() string { return testenv.GuestKernelDir() }
 
-// Require skips the test, saying why, unless this host can boot a VM: root, QEMU, qemu-img,
-// mkfs.ext4, a static busybox and the guest kernel.
-func Require(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: VM tests need root")
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed (scripts/setup.sh)", tool)
-		}
-	}
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		if _, err := os.Stat("/usr/sbin/mkfs.ext4"); err != nil {
-			t.Skip("skipping: mkfs.ext4 is not installed (e2fsprogs)")
-		}
-	}
-	for _, f := range []string{"vmlinux", "kernel-version"} {
-		if _, err := os.Stat(filepath.Join(KernelDir(), f)); err != nil {
-			t.Skipf("skipping: no guest kernel: %v (scripts/setup.sh installs it)", err)
-		}
-	}
-	if Busybox() == "" {
-		t.Skip("skipping: no static busybox (busybox-static)")
-	}
-}
+// Components is what booting a VM needs (testenv.Require's names).
+var Components = []string{"root", "qemu", "qemu-img", "e2fsprogs", "guest-kernel", "busybox"}
 
-// Busybox returns the host's busybox binary, or "".
-func Busybox() string {
-	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
-}
+// Busybox returns the host's static busybox (testenv's "busybox" component).
+func Busybox() string { return testenv.Busybox }
 
 var (
 	agentOnce sync.Once
